@@ -1,0 +1,151 @@
+"""Outbound C-STORE against real peers: Orthanc (accepts every syntax), dcmtk storescp (uncompressed only),
+a refusing Orthanc, a closed port, and a pynetdicom SCP answering chosen failure statuses."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]
+
+from dicom_node.config_schema import Destination, RetryPolicy, Timeouts
+from dicom_node.outbound import Outcome, classify_status, echo, next_delay_s, parse_peer, store_files
+from tests.conftest import require_tool
+from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
+
+FAST = Timeouts(acse=5, dimse=10, network=10, connection=3)
+
+
+def dest_for(port: int, ae: str = "ORTHANC", calling: str = "DICOMNODE") -> Destination:
+    return Destination(name="pacs", ae_title=ae, host="127.0.0.1", port=port, calling_ae=calling)
+
+
+def test_parse_peer_and_errors() -> None:
+    d = parse_peer("PACS@10.0.0.5:104", calling_ae="ME")
+    assert (d.ae_title, d.host, d.port, d.calling_ae) == ("PACS", "10.0.0.5", 104, "ME")
+    for bad in ("PACS10.0.0.5:104", "PACS@host", "PACS@host:x", "@h:1", "PACS@h:70000", "A" * 17 + "@h:1"):
+        with pytest.raises(ValueError):
+            parse_peer(bad)
+
+
+def test_backoff_grows_and_caps() -> None:
+    p = RetryPolicy(initial_delay_s=2, max_delay_s=30, multiplier=2, max_attempts=5)
+    assert [next_delay_s(p, n) for n in range(1, 7)] == [2, 4, 8, 16, 30, 30]
+
+
+def test_status_classes() -> None:
+    assert classify_status(0x0000)[0] is Outcome.SENT
+    assert classify_status(0xB007)[0] is Outcome.SENT
+    assert classify_status(0xA700)[0] is Outcome.TRANSIENT
+    assert classify_status(0xA7FF)[0] is Outcome.TRANSIENT
+    assert classify_status(0xA900)[0] is Outcome.PERMANENT
+    assert classify_status(0xC123)[0] is Outcome.PERMANENT
+    assert classify_status(0x0122) == (Outcome.PERMANENT, "0x0122 SOP class not supported")
+
+
+@pytest.mark.peers
+def test_store_real_files_to_orthanc_in_their_own_syntax(orthanc: Orthanc, realdata_files: list[Path]) -> None:  # noqa: F811
+    results = store_files(dest_for(orthanc.dicom_port), realdata_files, FAST)
+    assert [r.outcome for r in results] == [Outcome.SENT] * len(realdata_files), [r.reason for r in results]
+    for path, res in zip(realdata_files, results, strict=True):
+        assert res.transfer_syntax == str(read_file_meta_info(path).TransferSyntaxUID), path.name
+        assert res.status == 0
+    expected = {str(read_file_meta_info(p).MediaStorageSOPInstanceUID) for p in realdata_files}
+    assert set(orthanc.sop_instance_uids()) == expected
+    # Orthanc stored every file (three files share the RG2 SOP Instance UID: stored three times).
+    assert sum(orthanc.store_events().values()) == len(realdata_files)
+    ok, msg = echo(dest_for(orthanc.dicom_port), FAST)
+    assert ok, msg
+
+
+@pytest.mark.peers
+def test_uncompressed_only_peer_gets_decompressed_copies(tmp_path: Path, realdata_files: list[Path]) -> None:
+    storescp = require_tool("storescp")
+    port = free_port()
+    out = tmp_path / "received"
+    out.mkdir()
+    # storescp by default accepts only uncompressed transfer syntaxes.
+    proc = subprocess.Popen([storescp, "-aet", "STORESCP", "-od", str(out), str(port)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        _wait_port(port)
+        picks = [p for p in realdata_files if p.name.startswith(("cr_fuji", "cr_wg04_RG3", "loc_philips_MAROTECH", "hard_"))]
+        results = store_files(dest_for(port, ae="STORESCP"), picks, FAST)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    by_name = {p.name: r for p, r in zip(picks, results, strict=True)}
+    hard = by_name.pop("hard_cr_wg04_RG2_hip_JPLY_12bit_invalid_SOS.dcm")
+    assert hard.outcome is Outcome.PERMANENT and "could not be decompressed" in hard.reason, hard.reason
+    for name, res in by_name.items():
+        assert res.outcome is Outcome.SENT, (name, res.reason)
+        assert res.transfer_syntax in (ExplicitVRLittleEndian, ImplicitVRLittleEndian), name
+    received = sorted(out.iterdir())
+    assert len(received) == 3
+    for f in received:
+        ds = dcmread(f)
+        assert not ds.file_meta.TransferSyntaxUID.is_compressed
+        assert ds.SOPInstanceUID in {r.sop_instance_uid for r in by_name.values()}  # UID kept on decompression
+        ds.pixel_array  # noqa: B018 - the decompressed pixel data decodes
+
+
+@pytest.mark.peers
+def test_rejection_is_permanent_and_refused_is_transient(orthanc: Orthanc, realdata_files: list[Path]) -> None:  # noqa: F811
+    f = realdata_files[:1]
+    orthanc.start(reject=True)
+    [res] = store_files(dest_for(orthanc.dicom_port, calling="UNKNOWNAE"), f, FAST)
+    assert res.outcome is Outcome.PERMANENT
+    assert "rejected" in res.reason and "Permanent" in res.reason, res.reason
+    ok, msg = echo(dest_for(orthanc.dicom_port, calling="UNKNOWNAE"), FAST)
+    assert not ok and "rejected" in msg
+    orthanc.stop(kill=True)
+    [res] = store_files(dest_for(orthanc.dicom_port), f, FAST)
+    assert res.outcome is Outcome.TRANSIENT and res.reason == "connection refused", res.reason
+    bad = Path(orthanc.workdir / "not-dicom.txt")
+    bad.write_text("hello")
+    [res] = store_files(dest_for(orthanc.dicom_port), [bad], FAST)
+    assert res.outcome is Outcome.PERMANENT and "cannot read DICOM file meta" in res.reason
+
+
+def _wait_port(port: int, timeout_s: float = 10.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise AssertionError(f"nothing listening on {port}")
+
+
+@pytest.mark.peers
+def test_failure_statuses_from_a_real_scp(realdata_files: list[Path]) -> None:
+    """A pynetdicom SCP answers 0xA700 (out of resources), then 0xA900, then 0xC001, then success."""
+    statuses = [0xA700, 0xA900, 0xC001, 0x0000]
+    seen: list[int] = []
+
+    def handle(event: evt.Event) -> int:
+        status = statuses[len(seen)]
+        seen.append(status)
+        return status
+
+    scp = AE(ae_title="STATUSSCP")
+    scp.add_supported_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = scp.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, handle)])
+    try:
+        f = [p for p in realdata_files if p.name.startswith("cr_fuji")]
+        results = store_files(dest_for(port, ae="STATUSSCP"), f * 4, FAST)
+    finally:
+        server.shutdown()
+    assert [r.outcome for r in results] == [Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.PERMANENT, Outcome.SENT]
+    assert [r.status for r in results] == statuses
+    assert "out of resources" in results[0].reason and "cannot understand" in results[2].reason
