@@ -161,7 +161,11 @@ def _numbers(ds: Dataset, keyword: str, count: int, notes: list[str], tag: str) 
     """``count`` finite numbers from ``keyword`` or None (malformed values are noted, absent ones are not)."""
     if keyword not in ds:
         return None
-    raw = ds.get(keyword)
+    try:
+        raw = ds.get(keyword)
+    except Exception as exc:  # pydicom converts on access: a malformed value raises here
+        notes.append(f"{keyword} {tag} cannot be read ({type(exc).__name__}): ignored")
+        return None
     if raw is None or raw == "":
         return None
     try:
@@ -190,7 +194,10 @@ def _positive(ds: Dataset, keyword: str, notes: list[str], tag: str) -> float | 
 
 
 def _text(ds: Dataset, keyword: str) -> str:
-    v = ds.get(keyword)
+    try:
+        v = ds.get(keyword)
+    except Exception:  # malformed value: treated as absent
+        return ""
     if v is None:
         return ""
     if not isinstance(v, str) and hasattr(v, "__len__"):
@@ -198,8 +205,18 @@ def _text(ds: Dataset, keyword: str) -> str:
     return str(v).strip().upper()
 
 
+def _int(ds: Dataset, keyword: str) -> int:
+    try:
+        return int(ds.get(keyword, 0) or 0)
+    except Exception:  # malformed value: treated as absent
+        return 0
+
+
 def _image_type(ds: Dataset) -> tuple[str, ...]:
-    v = ds.get("ImageType")
+    try:
+        v = ds.get("ImageType")
+    except Exception:  # malformed value: treated as absent
+        return ()
     if v is None:
         return ()
     if isinstance(v, str):
@@ -238,8 +255,8 @@ def geometry_from_dataset(ds: Dataset) -> ImageGeometry:
     notes: list[str] = []
     modality = _text(ds, "Modality")
     sop_class = str(ds.get("SOPClassUID", "") or "")
-    rows = int(ds.get("Rows", 0) or 0)
-    columns = int(ds.get("Columns", 0) or 0)
+    rows = _int(ds, "Rows")
+    columns = _int(ds, "Columns")
     image_type = _image_type(ds)
     view_position = _text(ds, "ViewPosition")
     patient_position = _text(ds, "PatientPosition")
