@@ -185,20 +185,21 @@ SOP_CLASS_ALIASES: dict[str, str] = {
 }
 
 DEFAULT_SOP_CLASSES: tuple[str, ...] = tuple(
-    SOP_CLASS_ALIASES[a] for a in ("ct", "cr", "dx", "dx_processing", "mg", "mg_processing", "io", "io_processing", "sc")
+    SOP_CLASS_ALIASES[a]
+    for a in ("ct", "cr", "dx", "dx_processing", "mg", "mg_processing", "io", "io_processing", "sc")
 )
 
-TRANSFER_SYNTAX_ALIASES: dict[str, str] = {
+TRANSFER_SYNTAX_ALIASES: dict[str, str] = {  # the same short names as dicom_node.sopclasses, plus a few
     "implicit_le": "1.2.840.10008.1.2",
     "explicit_le": "1.2.840.10008.1.2.1",
-    "deflated": "1.2.840.10008.1.2.1.99",
+    "deflated_le": "1.2.840.10008.1.2.1.99",
     "explicit_be": "1.2.840.10008.1.2.2",
     "jpeg_baseline": "1.2.840.10008.1.2.4.50",
     "jpeg_extended": "1.2.840.10008.1.2.4.51",
     "jpeg_lossless": "1.2.840.10008.1.2.4.57",
     "jpeg_lossless_sv1": "1.2.840.10008.1.2.4.70",
-    "jpeg_ls_lossless": "1.2.840.10008.1.2.4.80",
-    "jpeg_ls_near_lossless": "1.2.840.10008.1.2.4.81",
+    "jpegls_lossless": "1.2.840.10008.1.2.4.80",
+    "jpegls_near_lossless": "1.2.840.10008.1.2.4.81",
     "jpeg2000_lossless": "1.2.840.10008.1.2.4.90",
     "jpeg2000": "1.2.840.10008.1.2.4.91",
     "htj2k_lossless": "1.2.840.10008.1.2.4.201",
@@ -235,7 +236,9 @@ def resolve_uid(text: str, kind: str) -> str:
     if text.lower() in lowered:
         return _KEYWORD_TO_UID[lowered[text.lower()]][0]
     hint = suggestion(text, [*aliases, *keywords])
-    raise ValueError(f"unknown {kind} {text!r}{hint}: use an alias ({', '.join(aliases)}), a keyword or a UID")
+    raise ValueError(
+        f"unknown {kind} {text!r}{hint}: use an alias ({', '.join(aliases)}), a keyword or a UID"
+    )
 
 
 # ------------------------------------------------------------------------------------------ validation
@@ -308,7 +311,9 @@ class _Validator:
         self.known_keys(value, path, allowed)
         return value
 
-    def known_keys(self, m: LocatedMap, path: str, allowed: Iterable[str], required: Iterable[str] = ()) -> None:
+    def known_keys(
+        self, m: LocatedMap, path: str, allowed: Iterable[str], required: Iterable[str] = ()
+    ) -> None:
         allowed = list(allowed)
         for key in m:
             if not isinstance(key, str):
@@ -353,7 +358,9 @@ def _to_int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
         if value < lo or (hi is not None and value > hi):
-            raise ValueError(f"{value} is out of range ({lo}-{hi})" if hi is not None else f"{value} is below {lo}")
+            raise ValueError(
+                f"{value} is out of range ({lo}-{hi})" if hi is not None else f"{value} is below {lo}"
+            )
         return value
 
     return convert
@@ -367,7 +374,9 @@ def _number(value: Any) -> float:
     return float(value)
 
 
-def _to_float(lo: float | None = None, hi: float | None = None, *, lo_open: bool = False) -> Callable[[Any], float]:
+def _to_float(
+    lo: float | None = None, hi: float | None = None, *, lo_open: bool = False
+) -> Callable[[Any], float]:
     def convert(value: Any) -> float:
         number = _number(value)
         if lo is not None and (number < lo or (lo_open and number == lo)):
@@ -432,7 +441,10 @@ def _to_host(value: Any) -> str:
         return text
     except ValueError:
         pass
-    if not re.match(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$", text):
+    if not re.match(
+        r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*$",
+        text,
+    ):
         raise ValueError(f"{text!r} is neither an IP address nor a host name")
     return text
 
@@ -520,7 +532,11 @@ def _build_callers(v: _Validator, node: LocatedMap) -> tuple[Caller, ...]:
         return ()
     raw = node["allowed_callers"]
     if not isinstance(raw, list):
-        v.err(node.value_line("allowed_callers"), "node.allowed_callers", f"expected a list, got {_type_name(raw)}")
+        v.err(
+            node.value_line("allowed_callers"),
+            "node.allowed_callers",
+            f"expected a list, got {_type_name(raw)}",
+        )
         return ()
     callers = []
     for i, item in enumerate(raw):
@@ -562,12 +578,18 @@ def _build_node(v: _Validator, top: LocatedMap, storage_override: Path | None) -
         "workers": v.value(node, "workers", "node", d.workers, _to_int(1, 256)),
         "log_level": v.value(node, "log_level", "node", d.log_level, _to_choice(_LOG_LEVELS, upper=True)),
         "debug_phi": v.value(node, "debug_phi", "node", d.debug_phi, _to_bool),
-        "metrics_port": v.value(node, "metrics_port", "node", None, lambda x: None if x is None else _to_port(x)),
+        "metrics_port": v.value(
+            node, "metrics_port", "node", None, lambda x: None if x is None else _to_port(x)
+        ),
     }
     if values["sop_classes"] is None:
         values["sop_classes"] = DEFAULT_SOP_CLASSES
-    elif not values["sop_classes"] and isinstance(node.get("sop_classes"), list) and not node["sop_classes"]:
-        v.err(node.value_line("sop_classes"), "node.sop_classes", "must list at least one SOP class")
+    elif node.get("sop_classes") == []:
+        v.err(
+            node.value_line("sop_classes"),
+            "node.sop_classes",
+            "must list at least one SOP class (omit it for the default)",
+        )
     if values["transfer_syntaxes"] is None:
         values["transfer_syntaxes"] = ()
     if (
@@ -575,7 +597,11 @@ def _build_node(v: _Validator, top: LocatedMap, storage_override: Path | None) -
         and values["port"] is not _BAD
         and values["metrics_port"] == values["port"]
     ):
-        v.err(node.value_line("metrics_port"), "node.metrics_port", f"must differ from node.port ({values['port']})")
+        v.err(
+            node.value_line("metrics_port"),
+            "node.metrics_port",
+            f"must differ from node.port ({values['port']})",
+        )
     if storage_override is not None:
         values["storage"] = Path(storage_override)
     return NodeSettings(**{k: (getattr(d, k) if val is _BAD else val) for k, val in values.items()})
@@ -643,7 +669,11 @@ def _build_retry(v: _Validator, body: LocatedMap, path: str) -> RetryPolicy | No
     if _BAD in (initial, maximum, multiplier, attempts):
         return None
     if maximum < initial:
-        v.err(section.value_line("max_delay_s"), f"{rp}.max_delay_s", f"{maximum:g} s is below initial_delay_s ({initial:g} s)")
+        v.err(
+            section.value_line("max_delay_s"),
+            f"{rp}.max_delay_s",
+            f"{maximum:g} s is below initial_delay_s ({initial:g} s)",
+        )
         return None
     return RetryPolicy(initial, maximum, multiplier, attempts)
 
@@ -652,7 +682,7 @@ def _to_card(v: _Validator) -> Callable[[Any], str]:
     def convert(value: Any) -> str:
         text = _to_str(value).strip()
         if text.startswith("builtin:"):
-            if not _NAME_RE.match(text[len("builtin:"):]):
+            if not _NAME_RE.match(text[len("builtin:") :]):
                 raise ValueError(f"invalid builtin model name in {text!r}")
             return text
         path = _path(v, text)
@@ -709,7 +739,9 @@ def _check_refs(
     return tuple(out)
 
 
-def _build_detectors(v: _Validator, raw: Any, line: int, path: str, models: set[str]) -> tuple[DetectorSpec, ...]:
+def _build_detectors(
+    v: _Validator, raw: Any, line: int, path: str, models: set[str]
+) -> tuple[DetectorSpec, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
@@ -723,7 +755,11 @@ def _build_detectors(v: _Validator, raw: Any, line: int, path: str, models: set[
             item_map["model"] = item
             item = item_map
         if not isinstance(item, dict):
-            v.err(iline, ipath, f"expected a mapping (model, score_threshold, ...) or a model name, got {_type_name(item)}")
+            v.err(
+                iline,
+                ipath,
+                f"expected a mapping (model, score_threshold, ...) or a model name, got {_type_name(item)}",
+            )
             continue
         v.known_keys(item, ipath, _DETECTOR_KEYS, required=["model"])
         ref = _to_model_ref(v, item, "model", ipath, models)
@@ -736,9 +772,15 @@ def _build_detectors(v: _Validator, raw: Any, line: int, path: str, models: set[
         if gate is None:
             for key in ("gate_classes", "gate_threshold"):
                 if item.get(key) is not None:
-                    v.err(item.key_line(key), f"{ipath}.{key}", "only meaningful with 'gate' (a gate model name)")
+                    v.err(
+                        item.key_line(key),
+                        f"{ipath}.{key}",
+                        "only meaningful with 'gate' (a gate model name)",
+                    )
         if gate is not None and gate is not _BAD and gate == ref:
-            v.err(item.value_line("gate"), f"{ipath}.gate", f"gate model {gate!r} is the detector's own model")
+            v.err(
+                item.value_line("gate"), f"{ipath}.gate", f"gate model {gate!r} is the detector's own model"
+            )
         if _BAD in (ref, gate, threshold, nms, gate_threshold):
             continue
         out.append(
@@ -762,14 +804,20 @@ def _to_model_ref(v: _Validator, item: LocatedMap, key: str, path: str, models: 
     name = name.strip()
     if name not in models:
         listed = ", ".join(sorted(models)) or "none: add a models section"
-        v.err(item.value_line(key), f"{path}.{key}", f"unknown model {name!r}{suggestion(name, models)} (declared: {listed})")
+        v.err(
+            item.value_line(key),
+            f"{path}.{key}",
+            f"unknown model {name!r}{suggestion(name, models)} (declared: {listed})",
+        )
         return _BAD
     return name
 
 
 def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str]) -> Any:
     if "pipeline" not in route:
-        v.err(route.line, path, "missing required key 'pipeline' (a pipeline mapping, or none for forward-only)")
+        v.err(
+            route.line, path, "missing required key 'pipeline' (a pipeline mapping, or none for forward-only)"
+        )
         return _BAD
     raw, line, ppath = route["pipeline"], route.value_line("pipeline"), f"{path}.pipeline"
     from dicom_node.pipeline import PIPELINES  # the registry of pipeline names
@@ -781,7 +829,11 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
         body["name"] = raw
         raw = body
     if not isinstance(raw, dict):
-        v.err(line, ppath, f"expected a pipeline mapping (name, detectors, options) or none, got {_type_name(raw)}")
+        v.err(
+            line,
+            ppath,
+            f"expected a pipeline mapping (name, detectors, options) or none, got {_type_name(raw)}",
+        )
         return _BAD
     v.known_keys(raw, ppath, _PIPELINE_KEYS)
     name = v.value(raw, "name", ppath, PipelineSpec().name, _to_str)
@@ -792,7 +844,9 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
             f"unknown pipeline {name!r}{suggestion(name, PIPELINES)} (known: {', '.join(sorted(PIPELINES))})",
         )
         name = _BAD
-    detectors = _build_detectors(v, raw.get("detectors"), raw.value_line("detectors"), f"{ppath}.detectors", models)
+    detectors = _build_detectors(
+        v, raw.get("detectors"), raw.value_line("detectors"), f"{ppath}.detectors", models
+    )
     options = _options(v, raw, ppath)
     if name is _BAD:
         return _BAD
@@ -816,14 +870,20 @@ def _build_routes(
     for i, body in enumerate(raw):
         path, line = f"routes[{i}]", raw.item_line(i)
         if not isinstance(body, dict):
-            v.err(line, path, f"expected a route mapping (name, match, pipeline, ...), got {_type_name(body)}")
+            v.err(
+                line, path, f"expected a route mapping (name, match, pipeline, ...), got {_type_name(body)}"
+            )
             continue
         v.known_keys(body, path, _ROUTE_KEYS, required=["name", "match", "destinations"])
         name = v.value(body, "name", path, _BAD, _to_str)
         if name is not _BAD:
             name = name.strip()
             if name in seen:
-                v.err(body.value_line("name"), f"{path}.name", f"duplicate route name {name!r} (first at line {seen[name]})")
+                v.err(
+                    body.value_line("name"),
+                    f"{path}.name",
+                    f"duplicate route name {name!r} (first at line {seen[name]})",
+                )
             else:
                 seen[name] = body.value_line("name")
         matcher = _BAD
@@ -838,14 +898,18 @@ def _build_routes(
         outputs = _build_outputs(v, body, path, pipeline)
         dest_names = _str_list(v, body, "destinations", path)
         if dest_names is not None and not dest_names:
-            v.err(body.value_line("destinations"), f"{path}.destinations", "must name at least one destination")
+            v.err(
+                body.value_line("destinations"), f"{path}.destinations", "must name at least one destination"
+            )
         dests = _check_refs(v, dest_names or [], set(destinations), declared_dest, "destination")
         forward = v.value(body, "forward_original", path, False, _to_bool)
         if pipeline is None and forward is False and outputs is not _BAD:
             v.err(body.line, path, "route does nothing: pipeline is none and forward_original is false")
         if _BAD in (name, matcher, pipeline, outputs, forward) or dest_names is None:
             continue
-        if pipeline is not None and any(d.model not in models or (d.gate and d.gate not in models) for d in pipeline.detectors):
+        if pipeline is not None and any(
+            d.model not in models or (d.gate and d.gate not in models) for d in pipeline.detectors
+        ):
             continue  # a referenced model had its own errors (already reported)
         routes.append(Route(name, matcher, pipeline, outputs, dests, forward, v.loc(body.line)))
     return tuple(routes)
@@ -862,7 +926,11 @@ def _build_outputs(v: _Validator, body: LocatedMap, path: str, pipeline: Any) ->
     for text, line, where in items:
         kind = text.strip().lower()
         if kind not in OUTPUT_KINDS:
-            v.err(line, where, f"unknown output {text!r}{suggestion(kind, OUTPUT_KINDS)} (one of {', '.join(OUTPUT_KINDS)})")
+            v.err(
+                line,
+                where,
+                f"unknown output {text!r}{suggestion(kind, OUTPUT_KINDS)} (one of {', '.join(OUTPUT_KINDS)})",
+            )
             bad = True
         kinds.add(kind)
     if pipeline is None and kinds:
@@ -880,7 +948,11 @@ def _build_default(v: _Validator, top: LocatedMap, destinations: dict[str, Desti
         body["action"] = raw
         raw = body
     if not isinstance(raw, dict):
-        v.err(top.value_line("default"), "default", f"expected a mapping (action, destinations), got {_type_name(raw)}")
+        v.err(
+            top.value_line("default"),
+            "default",
+            f"expected a mapping (action, destinations), got {_type_name(raw)}",
+        )
         return DefaultAction()
     v.known_keys(raw, "default", ["action", "destinations"])
     action = v.value(raw, "action", "default", "drop", _to_choice(("drop", "forward")))
@@ -904,25 +976,45 @@ def _build_measurement(v: _Validator, top: LocatedMap) -> MeasurementSettings:
     calibrations = []
     raw = section.get("scanner_calibrations")
     if raw is not None and not isinstance(raw, list):
-        v.err(section.value_line("scanner_calibrations"), "measurement.scanner_calibrations", f"expected a list, got {_type_name(raw)}")
+        v.err(
+            section.value_line("scanner_calibrations"),
+            "measurement.scanner_calibrations",
+            f"expected a list, got {_type_name(raw)}",
+        )
         raw = None
     for i, item in enumerate(raw or []):
         path, line = f"measurement.scanner_calibrations[{i}]", raw.item_line(i)
         if not isinstance(item, dict):
-            v.err(line, path, f"expected a mapping (match, slope_mm_per_unit, offset), got {_type_name(item)}")
+            v.err(
+                line, path, f"expected a mapping (match, slope_mm_per_unit, offset), got {_type_name(item)}"
+            )
             continue
-        v.known_keys(item, path, ["match", "slope_mm_per_unit", "offset"], required=["match", "slope_mm_per_unit"])
+        v.known_keys(
+            item, path, ["match", "slope_mm_per_unit", "offset"], required=["match", "slope_mm_per_unit"]
+        )
         match: dict[str, str] = {}
         cond = item.get("match")
         if "match" in item and not (isinstance(cond, dict) and cond):
-            v.err(item.value_line("match"), f"{path}.match", "expected a non-empty mapping of attribute keyword -> value")
+            v.err(
+                item.value_line("match"),
+                f"{path}.match",
+                "expected a non-empty mapping of attribute keyword -> value",
+            )
         elif isinstance(cond, dict):
             for key, value in cond.items():
                 kpath = f"{path}.match.{key}"
                 if not isinstance(key, str) or key not in keyword_dict:
-                    v.err(cond.key_line(key), kpath, f"unknown DICOM keyword {key!r}{suggestion(str(key), keyword_dict)}")
+                    v.err(
+                        cond.key_line(key),
+                        kpath,
+                        f"unknown DICOM keyword {key!r}{suggestion(str(key), keyword_dict)}",
+                    )
                 elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                    v.err(cond.value_line(key), kpath, f"expected a string value, got {_type_name(value)} (quote it)")
+                    v.err(
+                        cond.value_line(key),
+                        kpath,
+                        f"expected a string value, got {_type_name(value)} (quote it)",
+                    )
                 else:
                     match[key] = str(value)
         slope = v.value(item, "slope_mm_per_unit", path, _BAD, _to_float(0.0, lo_open=True))
@@ -935,7 +1027,9 @@ def _build_measurement(v: _Validator, top: LocatedMap) -> MeasurementSettings:
 
 def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path | None) -> NodeConfig:
     if data is None:
-        v.err(1, "", "the configuration is empty (expected a mapping with node, destinations, models, routes)")
+        v.err(
+            1, "", "the configuration is empty (expected a mapping with node, destinations, models, routes)"
+        )
         raise ConfigError(v.issues)
     if not isinstance(data, dict):
         v.err(getattr(data, "line", 1) or 1, "", f"the top level must be a mapping, got {_type_name(data)}")
@@ -979,7 +1073,9 @@ def _parse_yaml(v: _Validator, text: str) -> Any:
     return data
 
 
-def parse_config_text(text: str, filename: str = "<string>", *, storage_override: Path | None = None) -> NodeConfig:
+def parse_config_text(
+    text: str, filename: str = "<string>", *, storage_override: Path | None = None
+) -> NodeConfig:
     """Validate YAML ``text``; relative paths are relative to the current directory. Raises ConfigError."""
     v = _Validator(filename, Path.cwd())
     data = _parse_yaml(v, text)

@@ -20,7 +20,9 @@ from dicom_node.config_schema import OUTPUT_KINDS
 
 def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", type=Path, help="YAML configuration file")
-    parser.add_argument("--storage", type=Path, default=None, help="storage directory overriding node.storage")
+    parser.add_argument(
+        "--storage", type=Path, default=None, help="storage directory overriding node.storage"
+    )
 
 
 def run_check_config(args: argparse.Namespace) -> int:
@@ -36,9 +38,11 @@ def run_check_config(args: argparse.Namespace) -> int:
     print(f"storage: {config.node.storage}")
     for route in config.routes:
         pipeline = route.pipeline.name if route.pipeline else "none"
-        models = ", ".join(d.model + (f" (gate {d.gate})" if d.gate else "") for d in route.pipeline.detectors) if (
-            route.pipeline
-        ) else ""
+        models = (
+            ", ".join(d.model + (f" (gate {d.gate})" if d.gate else "") for d in route.pipeline.detectors)
+            if (route.pipeline)
+            else ""
+        )
         outputs = ", ".join(k for k in OUTPUT_KINDS if k in route.outputs) or "none"
         print(
             f"route {route.name!r} ({route.source}): pipeline {pipeline}"
@@ -52,7 +56,9 @@ def run_check_config(args: argparse.Namespace) -> int:
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("file", type=Path, help="DICOM file (read without pixel data)")
     parser.add_argument("--config", type=Path, required=True, help="YAML configuration file")
-    parser.add_argument("--calling-ae", default="", help="calling AE title to evaluate calling_ae conditions with")
+    parser.add_argument(
+        "--calling-ae", default="", help="calling AE title to evaluate calling_ae conditions with"
+    )
 
 
 def _uid_name(uid: str) -> str:
@@ -96,7 +102,7 @@ def run_route(args: argparse.Namespace) -> int:
         route = decision.route
         pipeline = route.pipeline.name if route.pipeline else "none"
         print(
-            f"=> route {route.name!r}: pipeline {pipeline}, outputs {', '.join(sorted(route.outputs)) or 'none'}, "
+            f"=> route {route.name!r}: pipeline {pipeline}, outputs {', '.join(k for k in OUTPUT_KINDS if k in route.outputs) or 'none'}, "
             f"destinations {', '.join(route.destinations)}"
             + (", original forwarded" if route.forward_original else "")
         )

@@ -119,7 +119,7 @@ def _attribute_values(ds: Dataset, tag: int) -> tuple[str, list[Any]]:
     if elem is None:
         return "absent", []
     if elem.VR == "SQ":
-        return "sequence", []
+        return "sequence", list(elem.value or [])
     try:
         value = elem.value
     except Exception as exc:  # noqa: BLE001
@@ -202,13 +202,19 @@ class AttributeCondition:
 
     def describe(self) -> str:
         if self.op == "equals":
-            shown = _lit("\\".join(_text(v) for v in self.expected)) if len(self.expected) > 1 else _lit(self.expected[0])
+            shown = (
+                _lit("\\".join(_text(v) for v in self.expected))
+                if len(self.expected) > 1
+                else _lit(self.expected[0])
+            )
             return f"{self.name} equals {shown}"
         if self.op == "one_of":
             options = ["\\".join(_text(x) for x in v) for v in self.expected]
             return f"{self.name} one of {_lit(options)}"
         if self.op == "contains":
-            return f"{self.name} contains {_lit(self.expected[0] if len(self.expected) == 1 else self.expected)}"
+            return (
+                f"{self.name} contains {_lit(self.expected[0] if len(self.expected) == 1 else self.expected)}"
+            )
         if self.op == "regex":
             return f"{self.name} matches regex {self.expected!r}"
         if self.op == "range":
@@ -217,13 +223,15 @@ class AttributeCondition:
         return f"{self.name} exists: {'true' if self.expected else 'false'}"
 
     def test(self, state: str, values: list[Any]) -> bool:
+        if self.op == "exists":  # present with a non-empty value (a sequence: at least one item)
+            return (state in ("ok", "sequence") and bool(values)) == self.expected
         present = state == "ok" and bool(values)
-        if self.op == "exists":
-            return present == self.expected
         if not present:
             return False
         if self.op == "equals":
-            return len(values) == len(self.expected) and all(_same(a, e) for a, e in zip(values, self.expected, strict=True))
+            return len(values) == len(self.expected) and all(
+                _same(a, e) for a, e in zip(values, self.expected, strict=True)
+            )
         if self.op == "one_of":
             return any(
                 len(values) == len(option) and all(_same(a, e) for a, e in zip(values, option, strict=True))
@@ -253,7 +261,9 @@ class AttributeCondition:
     def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
         state, values = _attribute_values(ds, self.tag)
         ok = self.test(state, values)
-        if state != "ok":
+        if state == "sequence":
+            shown = f"sequence of {len(values)} item{'s' * (len(values) != 1)}"
+        elif state != "ok":
             shown = "attribute absent" if state == "absent" else state
         elif not values:
             shown = "empty"
@@ -327,7 +337,9 @@ class Not:
 
     def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
         child_ok, lines = self.child.explain(ds, calling_ae)
-        return not child_ok, [f"{self.source}: not: {'yes' if not child_ok else 'no'}"] + ["  " + x for x in lines]
+        return not child_ok, [f"{self.source}: not: {'yes' if not child_ok else 'no'}"] + [
+            "  " + x for x in lines
+        ]
 
 
 # ------------------------------------------------------------------------------------------ compilation
@@ -346,7 +358,9 @@ class _Compiler:
 
     def compile(self, expr: Any, line: int, key: str) -> Matcher | None:
         if not isinstance(expr, dict):
-            self.err(line, key, f"expected a match mapping (attribute/calling_ae/all/any/not), got {_kind(expr)}")
+            self.err(
+                line, key, f"expected a match mapping (attribute/calling_ae/all/any/not), got {_kind(expr)}"
+            )
             return None
         line = getattr(expr, "line", line) or line
         kl = (lambda k: expr.key_line(k)) if isinstance(expr, LocatedMap) else (lambda k: line)
@@ -371,7 +385,9 @@ class _Compiler:
             return None
         if structural:  # a combinator plus other keys
             extra = [k for k in keys if k not in structural]
-            self.err(kl(extra[0]), f"{key}.{extra[0]}", f"unexpected key {extra[0]!r} beside {structural[0]!r}")
+            self.err(
+                kl(extra[0]), f"{key}.{extra[0]}", f"unexpected key {extra[0]!r} beside {structural[0]!r}"
+            )
             return None
         if not keys:
             self.err(line, key, "empty match expression (use all: [] to match everything)")
@@ -380,12 +396,20 @@ class _Compiler:
         if first in OPERATORS:
             self.err(line, key, f"operator {first!r} needs 'attribute: <keyword or tag>' in the same mapping")
         elif first in keyword_dict:
-            self.err(kl(first), f"{key}.{first}", f"write {{attribute: {first}, equals: ...}} (a condition names "
-                     f"its attribute with the 'attribute' key)")
+            self.err(
+                kl(first),
+                f"{key}.{first}",
+                f"write {{attribute: {first}, equals: ...}} (a condition names "
+                f"its attribute with the 'attribute' key)",
+            )
         else:
             hint = suggestion(first, ("attribute", "calling_ae", "all", "any", "not"))
-            self.err(kl(first), f"{key}.{first}", f"unknown key {first!r}{hint}; a match expression is one of "
-                     f"attribute, calling_ae, all, any, not")
+            self.err(
+                kl(first),
+                f"{key}.{first}",
+                f"unknown key {first!r}{hint}; a match expression is one of "
+                f"attribute, calling_ae, all, any, not",
+            )
         return None
 
     def _group(self, which: str, items: Any, line: int, key: str, map_line: int) -> Matcher | None:
@@ -418,19 +442,29 @@ class _Compiler:
         bad = False
         for k in expr:
             if k != "attribute" and k not in OPERATORS and isinstance(k, str):
-                self.err(kl(k), f"{key}.{k}", f"unknown operator {k!r}{suggestion(k, OPERATORS)} (one of {', '.join(OPERATORS)})")
+                self.err(
+                    kl(k),
+                    f"{key}.{k}",
+                    f"unknown operator {k!r}{suggestion(k, OPERATORS)} (one of {', '.join(OPERATORS)})",
+                )
                 bad = True
         if len(ops) != 1:
             if not bad:
-                self.err(line, key, "a condition needs exactly one operator: " + (
-                    f"got {', '.join(ops)}" if ops else f"add one of {', '.join(OPERATORS)}"))
+                self.err(
+                    line,
+                    key,
+                    "a condition needs exactly one operator: "
+                    + (f"got {', '.join(ops)}" if ops else f"add one of {', '.join(OPERATORS)}"),
+                )
             return None
         op = ops[0]
         value, vline, vkey = expr[op], vl(op), f"{key}.{op}"
         expected: Any
         pattern = None
         if op == "equals":
-            expected = self._scalar_list(_split(value) if not isinstance(value, list) else value, vline, vkey, value)
+            expected = self._scalar_list(
+                _split(value) if not isinstance(value, list) else value, vline, vkey, value
+            )
         elif op == "one_of":
             if not isinstance(value, list) or not value:
                 self.err(vline, vkey, f"expected a non-empty list of values, got {_kind(value)}")
@@ -505,8 +539,11 @@ class _Compiler:
                 self.err(k_line, f"{key}.{k}", f"unknown key {k!r}{suggestion(str(k), bounds)} (min, max)")
                 ok = False
             elif isinstance(v, bool) or not isinstance(v, (int, float)) or v != v:
-                self.err(value.value_line(k) if isinstance(value, LocatedMap) else line, f"{key}.{k}",
-                         f"expected a number, got {_kind(v)} {v!r}")
+                self.err(
+                    value.value_line(k) if isinstance(value, LocatedMap) else line,
+                    f"{key}.{k}",
+                    f"expected a number, got {_kind(v)} {v!r}",
+                )
                 ok = False
             else:
                 bounds[k] = float(v)
@@ -522,14 +559,22 @@ class _Compiler:
         from dicom_node.config import check_ae_title
 
         if not isinstance(value, dict) or len(value) != 1:
-            self.err(line, key, f"expected a mapping with one of {', '.join(CALLING_AE_OPERATORS)}, got {_kind(value)}"
-                     + (f" with {len(value)} keys" if isinstance(value, dict) else ""))
+            self.err(
+                line,
+                key,
+                f"expected a mapping with one of {', '.join(CALLING_AE_OPERATORS)}, got {_kind(value)}"
+                + (f" with {len(value)} keys" if isinstance(value, dict) else ""),
+            )
             return None
-        (op, arg), = value.items()
+        ((op, arg),) = value.items()
         if op not in CALLING_AE_OPERATORS:
             k_line = value.key_line(op) if isinstance(value, LocatedMap) else line
-            self.err(k_line, f"{key}.{op}", f"unknown operator {op!r}{suggestion(str(op), CALLING_AE_OPERATORS)} "
-                     f"(one of {', '.join(CALLING_AE_OPERATORS)})")
+            self.err(
+                k_line,
+                f"{key}.{op}",
+                f"unknown operator {op!r}{suggestion(str(op), CALLING_AE_OPERATORS)} "
+                f"(one of {', '.join(CALLING_AE_OPERATORS)})",
+            )
             return None
         v_line = value.value_line(op) if isinstance(value, LocatedMap) else line
         loc = self.loc(getattr(value, "line", line) or line)
