@@ -88,7 +88,13 @@ class ConfigError(Exception):
 
 def suggestion(word: str, options: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` for the closest option, or ``""``."""
-    close = difflib.get_close_matches(word, list(options), n=1, cutoff=0.6)
+    options = list(options)
+    lowered = {o.lower(): o for o in options}
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
+    if not close and word.lower() in lowered:  # differs only in case
+        close = [lowered[word.lower()]]
+    if not close and len(word) >= 3:  # an abbreviation: "slope" for "slope_mm_per_unit"
+        close = sorted((o for o in options if o.lower().startswith(word.lower())), key=len)[:1]
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -103,6 +109,7 @@ class LocatedMap(dict):
         self.line = line
         self.key_lines: dict[Any, int] = {}
         self.value_lines: dict[Any, int] = {}
+        self.duplicates: list[tuple[Any, int, int]] = []  # (key, line, line of the first occurrence)
 
     def key_line(self, key: Any) -> int:
         return self.key_lines.get(key, self.line)
@@ -124,11 +131,7 @@ class LocatedList(list):
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that builds ``LocatedMap``/``LocatedList`` and records duplicate keys."""
-
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
-        self.duplicates: list[tuple[int, Any, int]] = []  # (line, key, first line)
+    """SafeLoader that builds ``LocatedMap``/``LocatedList`` (which record duplicate keys)."""
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LocatedMap:
@@ -142,7 +145,7 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LocatedMap:
             key = str(key)
         line = key_node.start_mark.line + 1
         if key in result:
-            loader.duplicates.append((line, key, result.key_lines[key]))
+            result.duplicates.append((key, line, result.key_lines[key]))
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = line
         result.value_lines[key] = value_node.start_mark.line + 1
@@ -1060,7 +1063,10 @@ def _parse_yaml(v: _Validator, text: str) -> Any:
         data = loader.get_single_data()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        detail = " ".join(p for p in (exc.context, exc.problem) if p)
+        detail = exc.problem or exc.context or "invalid YAML"
+        if exc.context and exc.problem:
+            started = f" started at line {exc.context_mark.line + 1}" if exc.context_mark else ""
+            detail += f" ({exc.context}{started})"
         v.err(mark.line + 1 if mark else 0, "", f"YAML syntax error: {detail}")
         raise ConfigError(v.issues) from None
     except yaml.YAMLError as exc:
@@ -1068,9 +1074,22 @@ def _parse_yaml(v: _Validator, text: str) -> Any:
         raise ConfigError(v.issues) from None
     finally:
         loader.dispose()
-    for line, key, first in loader.duplicates:
-        v.err(line, str(key), f"duplicate key {key!r} (first at line {first})")
+    _report_duplicates(v, data, "")
     return data
+
+
+def _report_duplicates(v: _Validator, value: Any, path: str) -> None:
+    """Report duplicate mapping keys anywhere in the document (YAML would silently keep the last one)."""
+    if isinstance(value, LocatedMap):
+        for key, line, first in value.duplicates:
+            v.err(
+                line, f"{path}.{key}" if path else str(key), f"duplicate key {key!r} (first at line {first})"
+            )
+        for key, item in value.items():
+            _report_duplicates(v, item, f"{path}.{key}" if path else str(key))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _report_duplicates(v, item, f"{path}[{i}]")
 
 
 def parse_config_text(
