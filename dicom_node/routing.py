@@ -181,7 +181,7 @@ def _split(expected: Any) -> list[Any]:
 
 
 def _lit(value: Any) -> str:
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "[" + ", ".join(_lit(v) for v in value) + "]"
     return repr(value) if isinstance(value, str) else _text(value)
 
@@ -196,11 +196,17 @@ class AttributeCondition:
     tag: int
     name: str
     op: str
-    expected: Any  # equals: list; one_of: list of lists; contains: list; regex: str; range: (min, max); exists: bool
+    expected: (
+        Any  # equals/contains: tuple; one_of: tuple of tuples; regex: str; range: (min, max); exists: bool
+    )
     source: SourceLocation
     pattern: re.Pattern[str] | None = None
 
     def describe(self) -> str:
+        """The condition as text; the expected value of a PHI attribute is not shown (it may itself be PHI)."""
+        if is_phi(self.tag) and self.op not in ("exists",):
+            verb = {"one_of": "one of", "regex": "matches regex", "range": "in range"}.get(self.op, self.op)
+            return f"{self.name} {verb} <redacted>"
         if self.op == "equals":
             shown = (
                 _lit("\\".join(_text(v) for v in self.expected))
@@ -496,8 +502,10 @@ class _Compiler:
             expected = value
         if expected is None or tag < 0:
             return None
-        if isinstance(expected, list):
-            expected = tuple(expected) if op != "equals" else expected
+        if op == "one_of":
+            expected = tuple(tuple(option) for option in expected)
+        elif isinstance(expected, list):
+            expected = tuple(expected)
         return AttributeCondition(tag, name, op, expected, self.loc(line), pattern)
 
     def _scalar_list(self, values: list[Any], line: int, key: str, original: Any) -> list[Any] | None:
