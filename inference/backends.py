@@ -156,7 +156,11 @@ class TorchBackend(Backend):
                 module = torch.export.load(str(path)).module()
                 module.to(device)
             else:
-                module = torch.jit.load(str(path), map_location=device)
+                import warnings
+
+                with warnings.catch_warnings():  # TorchScript is deprecated upstream, still the portable format
+                    warnings.simplefilter("ignore", DeprecationWarning)
+                    module = torch.jit.load(str(path), map_location=device)
                 module.eval()
         except Exception as exc:  # torch raises RuntimeError and friends with useful text
             raise BackendError(f"torch could not load {path.name}: {exc}") from None
