@@ -461,7 +461,7 @@ class DestinationSender(threading.Thread):
 
     def _record(self, queue: OutboundQueue, dest: Destination, row: Any, res: StoreResult) -> None:
         uid = res.sop_instance_uid or row.sop_instance_uid
-        attempts = int(row.attempts)
+        attempts = int(row.attempts) + 1  # this failed try included (the queue counts failed tries)
         if res.outcome is Outcome.SENT:
             queue.mark_sent(row.id)
             self.sent += 1

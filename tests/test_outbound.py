@@ -149,3 +149,51 @@ def test_failure_statuses_from_a_real_scp(realdata_files: list[Path]) -> None:
     assert [r.outcome for r in results] == [Outcome.TRANSIENT, Outcome.PERMANENT, Outcome.PERMANENT, Outcome.SENT]
     assert [r.status for r in results] == statuses
     assert "out of resources" in results[0].reason and "cannot understand" in results[2].reason
+
+
+@pytest.mark.peers
+def test_sender_backs_off_while_pacs_is_down_then_delivers(
+    orthanc: Orthanc, tmp_path: Path, caplog: pytest.LogCaptureFixture  # noqa: F811
+) -> None:
+    """PACS down: items retry with growing delays (0.3, 0.6, 1.2 -> capped 1.0 s); back up: delivered once."""
+    import logging
+    import re
+
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.outbound import DestinationSender
+    from tests.node_process import make_small_images
+    from tests.test_admin import config_for, queue_files
+
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    files = make_small_images(tmp_path / "in", 5)
+    orthanc.stop(kill=True)
+    queue_files(queue, files, "pacs")
+    dest = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=orthanc.dicom_port,
+                       calling_ae="NODE", retry=RetryPolicy(initial_delay_s=0.3, max_delay_s=1.0, multiplier=2,
+                                                            max_attempts=100))
+    config = config_for(dest)
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, poll_s=0.1)
+    caplog.set_level(logging.WARNING, logger="dicom_node.outbound")
+    sender.start()
+    try:
+        time.sleep(3.0)
+        retries = [r.getMessage() for r in caplog.records if "outbound retry" in r.getMessage()]
+        uid0 = str(read_file_meta_info(files[0]).MediaStorageSOPInstanceUID)
+        mine = [m for m in retries if uid0 in m]
+        attempts = [int(re.search(r"attempt=(\d+)/100", m).group(1)) for m in mine]  # type: ignore[union-attr]
+        delays = [float(re.search(r"next_try_in=([\d.]+)s", m).group(1)) for m in mine]  # type: ignore[union-attr]
+        assert attempts[:4] == [1, 2, 3, 4], mine
+        assert delays[:4] == [0.3, 0.6, 1.0, 1.0], mine
+        assert all("reason=connection refused" in m and "destination=pacs" in m for m in mine)
+        assert len(mine) <= 6  # backoff, not a busy loop: ~0.3+0.6+1+1 s of waiting in 3 s
+        assert queue.outbound_summary()["pacs"]["sent"] == 0
+        orthanc.start()
+        deadline = time.monotonic() + 15
+        while queue.outbound_summary()["pacs"]["sent"] < 5 and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        sender.stop(2)
+        sender.join(10)
+    assert queue.outbound_summary()["pacs"] == {"pending": 0, "sending": 0, "sent": 5, "dead": 0}
+    events = orthanc.store_events()
+    assert sorted(events.values()) == [1] * 5  # each delivered exactly once
