@@ -135,8 +135,10 @@ class _LineLoader(yaml.SafeLoader):
 
 
 def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LocatedMap:
-    loader.flatten_mapping(node)  # YAML merge keys (<<)
+    explicit = {id(k) for k, _ in node.value}  # keys written in this mapping (not merged in with <<)
+    loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs first, so explicit keys override them
     result = LocatedMap(node.start_mark.line + 1)
+    from_merge: set[Any] = set()
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
         try:
@@ -144,8 +146,12 @@ def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LocatedMap:
         except TypeError:
             key = str(key)
         line = key_node.start_mark.line + 1
-        if key in result:
+        if id(key_node) not in explicit:
+            from_merge.add(key)
+        elif key in result and key not in from_merge:
             result.duplicates.append((key, line, result.key_lines[key]))
+        else:
+            from_merge.discard(key)
         result[key] = loader.construct_object(value_node, deep=True)
         result.key_lines[key] = line
         result.value_lines[key] = value_node.start_mark.line + 1
@@ -164,12 +170,19 @@ _LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
 _LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
 
 
-def _plain(value: Any) -> Any:
-    """Located containers -> plain dict/list (picklable, no line bookkeeping)."""
+def _plain(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """Located containers -> plain dict/list (picklable, no line bookkeeping); YAML aliases stay shared."""
+    memo = {} if memo is None else memo
+    if id(value) in memo:
+        return memo[id(value)]
     if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
+        memo[id(value)] = out = {}
+        out.update({k: _plain(v, memo) for k, v in value.items()})
+        return out
     if isinstance(value, list):
-        return [_plain(v) for v in value]
+        memo[id(value)] = out_list = []
+        out_list.extend(_plain(v, memo) for v in value)
+        return out_list
     return value
 
 
@@ -1037,7 +1050,7 @@ def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path |
     if not isinstance(data, dict):
         v.err(getattr(data, "line", 1) or 1, "", f"the top level must be a mapping, got {_type_name(data)}")
         raise ConfigError(v.issues)
-    v.known_keys(data, "", _TOP_KEYS)
+    v.known_keys(data, "", [*_TOP_KEYS, *(k for k in data if isinstance(k, str) and k.startswith("x-"))])
     node = _build_node(v, data, storage_override)
     destinations = _build_destinations(v, data, node)
     models = _build_models(v, data)
@@ -1078,18 +1091,26 @@ def _parse_yaml(v: _Validator, text: str) -> Any:
     return data
 
 
-def _report_duplicates(v: _Validator, value: Any, path: str) -> None:
-    """Report duplicate mapping keys anywhere in the document (YAML would silently keep the last one)."""
+def _report_duplicates(v: _Validator, value: Any, path: str, seen: set[int] | None = None) -> None:
+    """Report duplicate mapping keys anywhere in the document (YAML would silently keep the last one).
+
+    Each container is visited once, so YAML aliases cannot blow the walk up ("billion laughs").
+    """
+    seen = set() if seen is None else seen
+    if id(value) in seen:
+        return
     if isinstance(value, LocatedMap):
+        seen.add(id(value))
         for key, line, first in value.duplicates:
             v.err(
                 line, f"{path}.{key}" if path else str(key), f"duplicate key {key!r} (first at line {first})"
             )
         for key, item in value.items():
-            _report_duplicates(v, item, f"{path}.{key}" if path else str(key))
+            _report_duplicates(v, item, f"{path}.{key}" if path else str(key), seen)
     elif isinstance(value, list):
+        seen.add(id(value))
         for i, item in enumerate(value):
-            _report_duplicates(v, item, f"{path}[{i}]")
+            _report_duplicates(v, item, f"{path}[{i}]", seen)
 
 
 def parse_config_text(

@@ -624,3 +624,28 @@ def test_check_config_cli_errors_subprocess(tmp_path: Path) -> None:
         f"{bad}:10: nod: unknown key 'nod' (did you mean 'node'?)",
         f"3 errors in {bad}",
     ]
+
+
+def test_anchors_merge_keys_and_extension_keys() -> None:
+    text = """\
+    x-peer: &peer {host: 127.0.0.1, port: 4242}
+    destinations:
+      a: {<<: *peer, ae_title: A}
+      b:
+        <<: *peer
+        ae_title: B
+        port: 4243
+        port: 4244
+    """
+    # overriding a merged key is fine; writing the same key twice is not; x- keys hold anchors
+    assert errors_of(text) == ["t.yaml:8: destinations.b.port: duplicate key 'port' (first at line 7)"]
+    config = parse_config_text(textwrap.dedent(text).replace("    port: 4244\n", ""))
+    assert (config.destinations["a"].port, config.destinations["b"].port) == (4242, 4243)
+
+
+def test_alias_bomb_is_linear() -> None:
+    lines = ["x-0: &a0 [a, a, a, a, a, a, a, a, a, a]"]
+    lines += [f"x-{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    lines.append('models:\n  m: {card: "builtin:reference", options: {big: *a8}}')
+    config = parse_config_text("\n".join(lines) + "\n")  # 10**9 leaves if expanded: must not be
+    assert len(config.models["m"].options["big"]) == 10
