@@ -44,7 +44,9 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, Path):
         return str(value)
-    if hasattr(value, "item") and callable(value.item):  # numpy scalars
+    if hasattr(value, "tolist") and callable(value.tolist):  # numpy arrays and scalars
+        return value.tolist()
+    if hasattr(value, "item") and callable(value.item):
         return value.item()
     return value
 
@@ -78,8 +80,11 @@ def _measure(ds: Any, detections: list[Any], pixels: Any, config: NodeConfig | N
         from inference.measure import measure_image  # type: ignore[import-not-found]
     except ImportError as exc:
         return None, f"measurements unavailable: inference.measure not importable ({exc})"
+    from inference.preprocessing import modality_pixels
+
     settings = config.measurement if config is not None else MeasurementSettings()
-    return measure_image(ds, detections, pixels=pixels, settings=settings), ""
+    values = modality_pixels(ds, pixels) if pixels is not None and pixels.ndim == 2 else None
+    return measure_image(ds, detections, pixels=values, settings=settings), ""
 
 
 def run_infer(args: argparse.Namespace) -> int:

@@ -149,6 +149,17 @@ def stored_pixels(ds: Dataset) -> np.ndarray:
     return np.asarray(arr)
 
 
+def modality_pixels(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
+    """Stored values -> modality values (float32; Rescale Slope/Intercept or Modality LUT), e.g. HU for CT."""
+    arr = np.asarray(pixels)
+    if "ModalityLUTSequence" in ds:
+        from pydicom.pixels import apply_modality_lut
+
+        return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
+    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
+
+
 class _State:
     def __init__(self, img: np.ndarray, transform: Transform) -> None:
         self.img = img
