@@ -17,9 +17,11 @@ UID, Modality).
 from __future__ import annotations
 
 import errno
+import fcntl
 import hashlib
 import io
 import logging
+import mmap
 import os
 import shutil
 import struct
@@ -259,6 +261,63 @@ def _write_all(fd: int, chunks: tuple[bytes | memoryview, ...]) -> None:
             view = view[written:]
 
 
+# Large objects are written with O_DIRECT from a page-aligned buffer: on the VMs measured (bench/receive.py) buffered
+# writes of 8 MiB files spent most of their time allocating page cache and in dirty-page throttling, while direct
+# I/O + fsync is 3-5x faster and steadier. Durability is the same: fsync still commits the metadata and flushes
+# the device cache. Filesystems without O_DIRECT (tmpfs) fall back to buffered writes.
+DIRECT_IO_MIN_BYTES = 1 * MIB
+_ALIGN = 4096
+_O_DIRECT = getattr(os, "O_DIRECT", 0)
+_direct = threading.local()
+
+
+def _aligned_buffer(size: int) -> mmap.mmap:
+    """A page-aligned buffer of at least ``size`` bytes, reused by this thread (grown in 4 MiB steps)."""
+    buf: mmap.mmap | None = getattr(_direct, "buf", None)
+    if buf is None or len(buf) < size:
+        if buf is not None:
+            buf.close()
+        buf = mmap.mmap(-1, -(-size // (4 * MIB)) * 4 * MIB)
+        _direct.buf = buf
+    return buf
+
+
+def _write_direct(tmp: Path, chunks: tuple[bytes | memoryview, ...], total: int) -> int | None:
+    """Open ``tmp`` with O_DIRECT and write ``chunks``; returns the open fd, or None when O_DIRECT is unsupported."""
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _O_DIRECT, 0o640)
+    except OSError as exc:
+        if exc.errno == errno.EINVAL:  # filesystem without direct I/O
+            return None
+        raise
+    try:
+        buf = _aligned_buffer(total)
+        pos = 0
+        for chunk in chunks:
+            n = len(chunk)
+            buf[pos : pos + n] = chunk
+            pos += n
+        aligned = total - total % _ALIGN
+        view = memoryview(buf)
+        try:
+            done = 0
+            while done < aligned:
+                done += os.write(fd, view[done:aligned])
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+            done = 0  # alignment refused by this device: rewrite everything buffered
+            os.ftruncate(fd, 0)
+            os.lseek(fd, 0, os.SEEK_SET)
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        _write_all(fd, (view[done:total],))
+        view.release()
+        return fd
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _temp_name(target: Path) -> Path:
     return target.with_name(f".{target.name}.{os.urandom(6).hex()}.tmp")
 
@@ -270,10 +329,17 @@ def atomic_write_bytes(target: Path, *chunks: bytes | memoryview, replace: bool 
     after removing the temp file.
     """
     tmp = _temp_name(target)
+    total = sum(len(c) for c in chunks)
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        fd = _write_direct(tmp, chunks, total) if _O_DIRECT and total >= DIRECT_IO_MIN_BYTES else None
+        if fd is None:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+            try:
+                _write_all(fd, chunks)
+            except BaseException:
+                os.close(fd)
+                raise
         try:
-            _write_all(fd, chunks)
             os.fsync(fd)
         finally:
             os.close(fd)
