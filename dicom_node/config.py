@@ -695,15 +695,23 @@ def _build_retry(v: _Validator, body: LocatedMap, path: str) -> RetryPolicy | No
 
 
 def _to_card(v: _Validator) -> Callable[[Any], str]:
+    """``builtin:NAME`` (checked when the model is loaded: a builtin may be installed later), or the absolute path
+    of a card file or of a directory holding ``card.yaml`` (must exist now)."""
+
     def convert(value: Any) -> str:
         text = _to_str(value).strip()
         if text.startswith("builtin:"):
-            if not _NAME_RE.match(text[len("builtin:") :]):
+            name = text[len("builtin:") :]
+            if not _NAME_RE.match(name) or name.startswith("."):
                 raise ValueError(f"invalid builtin model name in {text!r}")
             return text
         path = _path(v, text)
-        if not path.is_file():
-            raise ValueError(f"model card {str(path)!r} not found (a YAML card path, or builtin:NAME)")
+        if path.is_dir() and not (path / "card.yaml").is_file():
+            raise ValueError(f"directory {str(path)!r} holds no card.yaml")
+        if not path.exists():
+            raise ValueError(
+                f"model card {str(path)!r} not found (a YAML card, a directory with card.yaml, or builtin:NAME)"
+            )
         return str(path)
 
     return convert
@@ -890,7 +898,7 @@ def _build_routes(
                 line, path, f"expected a route mapping (name, match, pipeline, ...), got {_type_name(body)}"
             )
             continue
-        v.known_keys(body, path, _ROUTE_KEYS, required=["name", "match", "destinations"])
+        v.known_keys(body, path, _ROUTE_KEYS, required=["name", "match"])
         name = v.value(body, "name", path, _BAD, _to_str)
         if name is not _BAD:
             name = name.strip()
@@ -913,15 +921,17 @@ def _build_routes(
         pipeline = _build_pipeline(v, body, path, declared_models)
         outputs = _build_outputs(v, body, path, pipeline)
         dest_names = _str_list(v, body, "destinations", path)
-        if dest_names is not None and not dest_names:
-            v.err(
-                body.value_line("destinations"), f"{path}.destinations", "must name at least one destination"
-            )
+        dest_bad = dest_names is None and body.get("destinations") is not None
         dests = _check_refs(v, dest_names or [], set(destinations), declared_dest, "destination")
         forward = v.value(body, "forward_original", path, False, _to_bool)
-        if pipeline is None and forward is False and outputs is not _BAD:
-            v.err(body.line, path, "route does nothing: pipeline is none and forward_original is false")
-        if _BAD in (name, matcher, pipeline, outputs, forward) or dest_names is None:
+        if forward is True and not dest_names and not dest_bad:
+            where = (
+                body.value_line("destinations")
+                if "destinations" in body
+                else body.key_line("forward_original")
+            )
+            v.err(where, f"{path}.destinations", "forward_original needs at least one destination")
+        if _BAD in (name, matcher, pipeline, outputs, forward) or dest_bad:
             continue
         if pipeline is not None and any(
             d.model not in models or (d.gate and d.gate not in models) for d in pipeline.detectors

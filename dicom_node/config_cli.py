@@ -15,7 +15,7 @@ from pydicom._uid_dict import UID_dictionary
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import ConfigError, load_config, summarize
-from dicom_node.config_schema import OUTPUT_KINDS
+from dicom_node.config_schema import OUTPUT_KINDS, NodeConfig
 
 
 def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,8 @@ def run_check_config(args: argparse.Namespace) -> int:
         return 1
     print(f"OK: {summarize(config)}")
     print(f"storage: {config.node.storage}")
+    for warning in _card_warnings(config):
+        print(f"warning: {warning}", file=sys.stderr)
     for route in config.routes:
         pipeline = route.pipeline.name if route.pipeline else "none"
         models = (
@@ -51,6 +53,36 @@ def run_check_config(args: argparse.Namespace) -> int:
             + (", forwards the original" if route.forward_original else "")
         )
     return 0
+
+
+def _card_warnings(config: NodeConfig) -> list[str]:
+    """Problems found by loading each model card (a builtin may be installed after the configuration is
+    written, so these are warnings) and detector class names the card does not define."""
+    try:
+        from inference.modelcard import ModelCardError, load_card
+    except ImportError as exc:  # a node build without the inference package
+        return [f"model cards not checked ({exc})"]
+    warnings: list[str] = []
+    class_names: dict[str, set[str]] = {}
+    for name, spec in config.models.items():
+        where = f"{spec.source}: models.{name}.card" if spec.source else f"models.{name}.card"
+        try:
+            class_names[name] = set(load_card(spec.card).class_names)
+        except (ModelCardError, OSError) as exc:
+            warnings.append(f"{where}: the card cannot be loaded: {exc}")
+    for i, route in enumerate(config.routes):
+        for j, det in enumerate(route.pipeline.detectors if route.pipeline else ()):
+            for model, classes, key in (
+                (det.model, det.classes, "classes"),
+                (det.gate, det.gate_classes, "gate_classes"),
+            ):
+                unknown = sorted(set(classes or ()) - class_names.get(model or "", set(classes or ())))
+                if unknown:
+                    warnings.append(
+                        f"{route.source}: routes[{i}].pipeline.detectors[{j}].{key}: {', '.join(unknown)} not among "
+                        f"model {model!r}'s classes ({', '.join(sorted(class_names[model or '']))})"
+                    )
+    return warnings
 
 
 def add_route_arguments(parser: argparse.ArgumentParser) -> None:

@@ -437,7 +437,6 @@ def test_route_errors() -> None:
         "t.yaml:6: routes[0].pipeline.detectors[0].score_threshold: 2 must be <= 1",
         "t.yaml:6: routes[0].pipeline.detectors[0].gate_threshold: only meaningful with 'gate' (a gate model name)",
         "t.yaml:7: routes[0].outputs[1]: unknown output 'pdf' (one of sr, sc, gsps, plain_sr)",
-        "t.yaml:8: routes[0].destinations: must name at least one destination",
         "t.yaml:9: routes[1]: missing required key 'name'",
         "t.yaml:9: routes[1].match.Modality: write {attribute: Modality, equals: ...} (a condition names its "
         "attribute with the 'attribute' key)",
@@ -448,14 +447,40 @@ def test_route_errors() -> None:
 
 
 def test_model_card_path_must_exist(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "good").mkdir()
+    (tmp_path / "good" / "card.yaml").write_text("name: good\n")
     path = tmp_path / "c.yaml"
-    path.write_text("models:\n  m: {card: cards/missing.yaml}\n  n: {card: 'builtin:no such'}\n")
+    path.write_text(
+        "models:\n  m: {card: cards/missing.yaml}\n  n: {card: 'builtin:no such'}\n  o: {card: empty}\n"
+        "  p: {card: good}\n  q: {card: 'builtin:.hidden'}\n"
+    )
     with pytest.raises(ConfigError) as info:
         load_config(path)
     assert [str(e) for e in info.value.errors] == [
         f"{path}:2: models.m.card: model card '{tmp_path / 'cards' / 'missing.yaml'}' not found "
-        "(a YAML card path, or builtin:NAME)",
+        "(a YAML card, a directory with card.yaml, or builtin:NAME)",
         f"{path}:3: models.n.card: invalid builtin model name in 'builtin:no such'",
+        f"{path}:4: models.o.card: directory '{tmp_path / 'empty'}' holds no card.yaml",
+        f"{path}:6: models.q.card: invalid builtin model name in 'builtin:.hidden'",
+    ]
+    path.write_text("models:\n  p: {card: good}\n")
+    assert load_config(path).models["p"].card == str(tmp_path / "good")
+
+
+def test_routes_without_destinations() -> None:
+    base = MINIMAL.replace("    destinations: [pacs]\n", "")
+    shadow = parse_config_text(base)  # processing with results sent nowhere (shadow mode)
+    assert shadow.routes[0].destinations == () and shadow.routes[0].outputs == frozenset({"sr"})
+    drop = parse_config_text(
+        base.replace("pipeline: {name: reference, detectors: [reference]}", "pipeline: none")
+    )
+    assert drop.routes[0].pipeline is None and not drop.routes[0].forward_original  # an explicit drop route
+    assert errors_of(base + "    forward_original: true\n") == [
+        "t.yaml:9: routes[0].destinations: forward_original needs at least one destination"
+    ]
+    assert errors_of(MINIMAL.replace("[pacs]", "{pacs: 1}")) == [
+        "t.yaml:9: routes[0].destinations: expected a list, got mapping"
     ]
 
 
@@ -649,3 +674,32 @@ def test_alias_bomb_is_linear() -> None:
     lines.append('models:\n  m: {card: "builtin:reference", options: {big: *a8}}')
     config = parse_config_text("\n".join(lines) + "\n")  # 10**9 leaves if expanded: must not be
     assert len(config.models["m"].options["big"]) == 10
+
+
+@pytest.mark.slow
+def test_check_config_warns_about_cards(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from tests.onnx_factory import make_format_card
+
+    (tmp_path / "model").mkdir()
+    card = make_format_card("yolov8", tmp_path / "model", height=64, width=64)  # classes HEAD, CHEST, PELVIS
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "card.yaml").write_text("name: [unclosed\n")
+    config = tmp_path / "node.yaml"
+    config.write_text(
+        MINIMAL.replace(
+            '{card: "builtin:reference"}', f"{{card: {card}}}\n  broken: {{card: broken}}"
+        ).replace(
+            "detectors: [reference]", "detectors: [{model: reference, classes: [CHEST, SPINE], gate: broken}]"
+        )
+    )
+    assert cli.main(["check-config", str(config)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.startswith("OK: 1 route, 1 destination, 2 models")
+    warnings = captured.err.splitlines()
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith(f"warning: {config}:5: models.broken.card: the card cannot be loaded: ")
+    assert "invalid YAML" in warnings[0]
+    assert warnings[1] == (
+        f"warning: {config}:7: routes[0].pipeline.detectors[0].classes: SPINE not among model 'reference''s "
+        "classes (CHEST, HEAD, PELVIS)"
+    )
