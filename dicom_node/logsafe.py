@@ -3,7 +3,9 @@
 * ``describe(ds)``: a PHI-free one-liner for a dataset (SOP class name, SOP Instance UID, modality, transfer syntax).
 * ``PhiFilter``: a ``logging.Filter`` that redacts PHI values from records: values of patient-identifying
   attributes in pydicom dumps (``(0010,0010) Patient's Name  PN: 'X'``) and in ``Keyword=value`` /
-  ``Keyword: value`` text. ``PhiSafeFormatter`` redacts the formatted text, tracebacks included.
+  ``Keyword: value`` text (a quoted value up to its quote, an unquoted one up to the next ``,`` ``;`` ``)`` or the
+  line end: redacting too much is the safe side). ``PhiSafeFormatter`` redacts the formatted text, tracebacks
+  included.
 * ``set_debug_phi(True)`` (the ``node.debug_phi`` config flag) lets PHI through, for an admin debugging a site.
 * ``install(debug_phi=...)`` puts the filter on every handler of the root logger.
 
