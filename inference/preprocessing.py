@@ -32,7 +32,7 @@ _PIL_RESAMPLE = {
     "bicubic": Image.Resampling.BICUBIC,
     "area": Image.Resampling.BOX,
 }
-_PERCENTILE_SAMPLE = 1 << 20  # percentiles use a regular subsample of at most ~this many pixels
+_PERCENTILE_SAMPLE = 1 << 18  # percentiles use a regular subsample of at most ~this many pixels
 
 
 class PreprocessingError(ValueError):
@@ -224,7 +224,9 @@ def _invert(st: _State) -> None:
 def _equalize(st: _State, bins: int) -> None:
     if not st.unit:
         raise PreprocessingError("equalize_histogram needs values in [0, 1]: put a voi step before it")
-    idx = np.clip(np.rint(st.img * (bins - 1)), 0, bins - 1).astype(np.int64)
+    scaled = st.img * np.float32(bins - 1)
+    scaled += np.float32(0.5)  # values are in [0, 1] after VOI: truncation of x + 0.5 rounds to the nearest bin
+    idx = np.clip(scaled, 0, bins - 1, out=scaled).astype(np.intp)
     hist = np.bincount(idx.ravel(), minlength=bins)
     cdf = np.cumsum(hist).astype(np.float64)
     cdf_min = cdf[np.nonzero(hist)[0][0]]
