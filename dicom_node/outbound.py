@@ -216,19 +216,28 @@ def store_files(
     paths: Sequence[Path],
     timeouts: Timeouts = DEFAULT_TIMEOUTS,
     max_contexts: int = MAX_CONTEXTS,
+    on_result: Callable[[int, StoreResult], None] | None = None,
 ) -> list[StoreResult]:
     """C-STORE ``paths`` to ``dest`` over as few associations as the context limit allows; one result per path.
 
+    ``on_result(index, result)`` is called as soon as each file's outcome is known (before the association is
+    released), so a caller can record a success at once and a crash re-sends at most the file in flight.
     Never raises for network or peer problems: they are reported per file (see module docstring).
     """
     results: dict[int, StoreResult] = {}
+
+    def emit(i: int, res: StoreResult) -> None:
+        results[i] = res
+        if on_result is not None:
+            on_result(i, res)
+
     infos: list[tuple[int, _FileInfo]] = []
     for i, p in enumerate(paths):
         path = Path(p)
         try:
             infos.append((i, _read_info(path)))
         except Exception as exc:  # unreadable or not DICOM: permanent for this file only
-            results[i] = StoreResult(path, "", Outcome.PERMANENT, f"cannot read DICOM file meta: {exc}")
+            emit(i, StoreResult(path, "", Outcome.PERMANENT, f"cannot read DICOM file meta: {exc}"))
     # Split into groups that fit the presentation context limit (2 contexts per distinct class/syntax at most).
     groups: list[list[tuple[int, _FileInfo]]] = []
     current: list[tuple[int, _FileInfo]] = []
@@ -240,12 +249,14 @@ def store_files(
     if current:
         groups.append(current)
     for group in groups:
-        for i, res in zip([i for i, _ in group], _store_group(dest, [f for _, f in group], timeouts), strict=True):
-            results[i] = res
+        _store_group(dest, group, timeouts, emit)
     return [results[i] for i in range(len(paths))]
 
 
-def _store_group(dest: Destination, infos: list[_FileInfo], timeouts: Timeouts) -> list[StoreResult]:
+def _store_group(
+    dest: Destination, group: list[tuple[int, _FileInfo]], timeouts: Timeouts, emit: Callable[[int, StoreResult], None]
+) -> None:
+    infos = [f for _, f in group]
     ae = _make_ae(dest.calling_ae, timeouts)
     ae.requested_contexts = _contexts(infos)
     kwargs: dict[str, Any] = {"ae_title": dest.ae_title}
@@ -265,26 +276,28 @@ def _store_group(dest: Destination, infos: list[_FileInfo], timeouts: Timeouts) 
             reason = _diagnose_connect(dest.host, dest.port, timeouts.connection)
             outcome = Outcome.TRANSIENT
         ae.shutdown()
-        return [StoreResult(f.path, f.sop_instance_uid, outcome, reason) for f in infos]
+        for i, f in group:
+            emit(i, StoreResult(f.path, f.sop_instance_uid, outcome, reason))
+        return
 
     accepted = assoc.accepted_contexts
-    out: list[StoreResult] = []
     try:
-        for n, info in enumerate(infos):
+        for n, (i, info) in enumerate(group):
             if not assoc.is_established:
                 reason = "association aborted by the peer or network during the batch"
-                out.extend(StoreResult(f.path, f.sop_instance_uid, Outcome.TRANSIENT, reason) for f in infos[n:])
+                for j, f in group[n:]:
+                    emit(j, StoreResult(f.path, f.sop_instance_uid, Outcome.TRANSIENT, reason))
                 break
             try:
-                out.append(_store_one(assoc, accepted, info, msg_id=n + 1))
+                res = _store_one(assoc, accepted, info, msg_id=n + 1)
             except Exception as exc:  # a bug or an odd file must not lose the rest of the batch
                 log.exception("unexpected error sending %s", info.sop_instance_uid)
-                out.append(StoreResult(info.path, info.sop_instance_uid, Outcome.PERMANENT, f"internal error: {exc!r}"))
+                res = StoreResult(info.path, info.sop_instance_uid, Outcome.PERMANENT, f"internal error: {exc!r}")
+            emit(i, res)
     finally:
         if assoc.is_established:
             assoc.release()
         ae.shutdown()
-    return out
 
 
 def _store_one(assoc: Any, accepted: list[Any], info: _FileInfo, msg_id: int) -> StoreResult:
@@ -454,9 +467,8 @@ class DestinationSender(threading.Thread):
         if not rows:
             return 0
         timeouts = self._config_getter().node.timeouts
-        results = store_files(dest, [Path(r.path) for r in rows], timeouts)
-        for row, res in zip(rows, results, strict=True):
-            self._record(queue, dest, row, res)
+        store_files(dest, [Path(r.path) for r in rows], timeouts,
+                    on_result=lambda i, res: self._record(queue, dest, rows[i], res))
         return len(rows)
 
     def _record(self, queue: OutboundQueue, dest: Destination, row: Any, res: StoreResult) -> None:

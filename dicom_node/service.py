@@ -1,0 +1,325 @@
+"""`dicom-node serve`: the running node (SCP + worker processes + one sender thread per destination).
+
+State lives only in the storage directory (spool files and ``queue.sqlite3``): no PID file, no heartbeat file.
+A restart (after a crash, kill -9 or power loss) takes up interrupted jobs (``requeue_interrupted``) and interrupted
+sends (``requeue_sending``) from there.
+
+Signals:
+
+* SIGHUP: reload the configuration (``ConfigHolder``). A file with errors is refused and logged; the old
+  configuration keeps running. Applied at once: routes, pipelines (workers rebuild them), destinations (senders
+  added/removed, new host/port/AE/retry on the next batch), AE title / allowed callers / SOP classes / transfer
+  syntaxes / timeouts / max associations / duplicate policy (next association), worker count, log level. A new
+  ``bind``/``port`` starts a new listener first and then drains the old one (if the new one cannot bind, the old
+  one keeps serving). ``storage`` needs a restart.
+* SIGTERM/SIGINT: drain and exit 0: refuse new associations, finish open ones (bounded), let each worker finish
+  its current job (bounded), send what is due (bounded), exit. Pending work stays queued for the next start.
+
+systemd (``Type=notify``): READY=1 once the listener is up and every worker has built its pipelines; WATCHDOG=1
+every half ``WatchdogSec`` from the main loop; STATUS= lines; RELOADING=1/READY=1 around a reload; STOPPING=1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from dicom_node.sdnotify import SdNotifier, watchdog_interval_s
+
+log = logging.getLogger("dicom_node.service")
+
+DEFAULT_DRAIN_S = 20.0
+DEFAULT_READY_TIMEOUT_S = 600.0
+STATUS_EVERY_S = 5.0
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, type=Path, help="YAML configuration file")
+    parser.add_argument("--storage", type=Path, default=None, help="storage directory (overrides node.storage)")
+    parser.add_argument(
+        "--drain-timeout", type=float, default=DEFAULT_DRAIN_S, metavar="S",
+        help=f"on SIGTERM, seconds allowed to EACH stage: open associations, workers' current jobs, due sends "
+        f"(default {DEFAULT_DRAIN_S:g})",
+    )
+    parser.add_argument(
+        "--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
+        help="seconds to wait for the workers to build their pipelines before giving up (exit 1)",
+    )
+
+
+class _JournalFormatter(logging.Formatter):
+    """Under systemd (``$JOURNAL_STREAM``): ``<priority>`` prefixes so journald keeps log levels, no timestamps."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        from dicom_node.logsafe import redact
+
+        prio = self.PRIORITY.get(record.levelno, 6)
+        return "\n".join(f"<{prio}>{line}" for line in redact(super().format(record)).splitlines())
+
+
+def setup_logging(level: str, debug_phi: bool) -> None:
+    """PHI-safe logging to stderr (the journal under systemd); pynetdicom's chatter only at DEBUG."""
+    from dicom_node.logsafe import PhiSafeFormatter, install
+
+    handler = logging.StreamHandler(sys.stderr)
+    if os.environ.get("JOURNAL_STREAM"):
+        handler.setFormatter(_JournalFormatter("%(processName)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(PhiSafeFormatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    apply_log_level(level)
+    install(debug_phi=debug_phi)
+
+
+def apply_log_level(level: str) -> None:
+    logging.getLogger().setLevel(level)
+    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+
+
+class Node:
+    """The running node. ``run()`` blocks until SIGTERM/SIGINT (or ``request_stop()``) and returns the exit code."""
+
+    def __init__(
+        self,
+        config_path: Path,
+        storage_override: Path | None = None,
+        drain_timeout_s: float = DEFAULT_DRAIN_S,
+        ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
+        notifier: SdNotifier | None = None,
+    ) -> None:
+        from dicom_node.config import ConfigHolder
+
+        self.holder = ConfigHolder(config_path, storage_override)
+        self.storage_override = storage_override
+        self.drain_timeout_s = drain_timeout_s
+        self.ready_timeout_s = ready_timeout_s
+        self.notifier = notifier or SdNotifier()
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self.scp: Any = None
+        self.pool: Any = None
+        self.senders: dict[str, Any] = {}
+        self.queue: Any = None
+        self.spool: Any = None
+
+    # -- signals -------------------------------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_: Any) -> None:
+        self._reload.set()
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.request_reload)
+
+    # -- lifecycle -----------------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        from dicom_node.config import summarize
+        from dicom_node.jobqueue import JobQueue
+        from dicom_node.scp import StorageSCP
+        from dicom_node.spool import Spool
+        from dicom_node.workers import WorkerPool
+
+        config = self.holder.current
+        node = config.node
+        storage = node.storage
+        storage.mkdir(parents=True, exist_ok=True)
+        log.info("starting: %s; storage %s", summarize(config), storage)
+        self.notifier.status("starting: recovering the queue")
+        self.queue = JobQueue(storage / "queue.sqlite3")
+        self.spool = Spool(storage, node.min_free_disk_mb, node.duplicate_policy)
+        removed = self.spool.cleanup_temp_files()
+        jobs = self.queue.requeue_interrupted()
+        sends = self.queue.requeue_sending()
+        if jobs or sends or removed:
+            log.warning("recovered after an unclean stop: %d interrupted job(s) and %d interrupted send(s) queued "
+                        "again, %d partial temp file(s) removed", jobs, sends, removed)
+
+        self.pool = WorkerPool(self.holder.path, self.storage_override, node.workers, self.queue,
+                               on_outbound=self._wake_senders)
+        self.pool.start()
+        self.notifier.status(f"starting: {node.workers} worker(s) building pipelines")
+        self.scp = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored)
+        self.scp.start()
+        self._sync_senders()
+        self.pool.notify_work()  # jobs queued before the start
+
+        watchdog_s = watchdog_interval_s()
+        last_ping = 0.0
+
+        def ping() -> None:
+            nonlocal last_ping
+            if watchdog_s is not None and time.monotonic() - last_ping >= watchdog_s:
+                self.notifier.watchdog()
+                last_ping = time.monotonic()
+
+        ready = self.pool.wait_ready(self.ready_timeout_s, between=lambda: (ping(), self._check_stop_during_start()))
+        if self._stop.is_set():
+            return self.shutdown()
+        if not ready:
+            log.error("workers did not become ready within %.0f s; stopping", self.ready_timeout_s)
+            self.shutdown()
+            return 1
+        self.notifier.ready(self._status_line())
+        log.info("ready: listening as %s on %s:%d with %d worker(s)", node.ae_title, node.bind, self.scp.port,
+                 self.pool.size)
+
+        last_status = time.monotonic()
+        while not self._stop.is_set():
+            self.pool.tick(0.25)
+            ping()
+            if self._reload.is_set():
+                self._reload.clear()
+                self.reload()
+            if self.pool.fatal:
+                log.error("stopping: %s", self.pool.fatal)
+                self.shutdown()
+                return 1
+            if time.monotonic() - last_status >= STATUS_EVERY_S:
+                self.notifier.status(self._status_line())
+                last_status = time.monotonic()
+        return self.shutdown()
+
+    def _check_stop_during_start(self) -> None:
+        if self._stop.is_set():
+            raise _StopDuringStart
+
+    def shutdown(self) -> int:
+        """Drain in order: listener, workers, senders. Returns 0."""
+        t0 = time.monotonic()
+        self.notifier.stopping("draining: closing the listener")
+        log.info("stopping: draining open associations (up to %.0f s)", self.drain_timeout_s)
+        if self.scp is not None:
+            self.scp.stop(self.drain_timeout_s)
+        if self.pool is not None:
+            self.pool.notify_work()
+            self.notifier.status("draining: workers finishing their current job")
+            clean = self.pool.stop(self.drain_timeout_s)
+            log.info("workers stopped%s", "" if clean else " (some were killed; their jobs run again at next start)")
+        self.notifier.status("draining: sending what is due")
+        for sender in self.senders.values():
+            sender.stop(self.drain_timeout_s)
+        for sender in self.senders.values():
+            sender.join(self.drain_timeout_s + 5)
+        summary = self.queue.outbound_summary() if self.queue is not None else {}
+        left = {d: c["pending"] + c["sending"] for d, c in summary.items() if c["pending"] + c["sending"]}
+        log.info("stopped in %.1f s%s", time.monotonic() - t0,
+                 f"; still queued for the next start: {left}" if left else "")
+        self.notifier.close()
+        return 0
+
+    # -- reload --------------------------------------------------------------------------------------------------
+
+    def reload(self) -> bool:
+        from dicom_node.scp import StorageSCP
+
+        old = self.holder.current
+        self.notifier.reloading()
+        ok, message = self.holder.reload()
+        if not ok:
+            log.error("SIGHUP: %s", message)
+            self.notifier.ready(f"reload refused (errors in {self.holder.path}); running the previous configuration")
+            return False
+        new = self.holder.current
+        log.info("SIGHUP: %s", message)
+        apply_log_level(new.node.log_level)
+        from dicom_node.logsafe import set_debug_phi
+
+        set_debug_phi(new.node.debug_phi)
+        if new.node.storage != old.node.storage:
+            log.warning("node.storage changed to %s: takes effect at the next restart (still using %s)",
+                        new.node.storage, old.node.storage)
+        if (new.node.bind, new.node.port) != (old.node.bind, old.node.port):
+            replacement = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored)
+            try:
+                replacement.start()
+            except OSError as exc:
+                log.error("cannot listen on %s:%d (%s); still listening on %s:%d", new.node.bind, new.node.port, exc,
+                          old.node.bind, self.scp.port)
+            else:
+                previous, self.scp = self.scp, replacement
+                threading.Thread(target=previous.stop, args=(self.drain_timeout_s,), daemon=True).start()
+                log.info("listener moved to %s:%d; the old one drains", new.node.bind, self.scp.port)
+        self.pool.reload(new.node.workers)
+        self._sync_senders()
+        self.notifier.ready(self._status_line())
+        return True
+
+    # -- senders -------------------------------------------------------------------------------------------------
+
+    def _sync_senders(self) -> None:
+        from dicom_node.outbound import DestinationSender
+
+        wanted = set(self.holder.current.destinations)
+        for name in sorted(wanted - set(self.senders)):
+            sender = DestinationSender(name, lambda: self.holder.current, lambda: self.queue)
+            sender.start()
+            self.senders[name] = sender
+        for name in sorted(set(self.senders) - wanted):
+            log.warning("destination %s removed from the configuration: its queued items wait until it returns",
+                        name)
+            self.senders.pop(name).stop(0)
+
+    def _wake_senders(self, destinations: list[str]) -> None:
+        for name in destinations:
+            sender = self.senders.get(name)
+            if sender is not None:
+                sender.wake()
+
+    def _on_stored(self, obj: Any) -> None:
+        if self.pool is not None:
+            self.pool.notify_work()
+
+    def _status_line(self) -> str:
+        counts = self.queue.job_counts() if self.queue is not None else {}
+        out = self.queue.outbound_summary() if self.queue is not None else {}
+        pending = sum(c["pending"] + c["sending"] for c in out.values())
+        dead = sum(c["dead"] for c in out.values())
+        port = self.scp.port if self.scp is not None and self.scp._server is not None else "-"
+        return (
+            f"port {port}; workers {self.pool.alive() if self.pool else 0}/{self.pool.size if self.pool else 0}; "
+            f"jobs pending {counts.get('pending', 0)} running {counts.get('running', 0)} done {counts.get('done', 0)} "
+            f"error {counts.get('error', 0)}; outbound queued {pending} dead {dead}"
+        )
+
+
+class _StopDuringStart(Exception):
+    pass
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    from dicom_node.config import ConfigError, load_config
+
+    try:
+        config = load_config(args.config, storage_override=args.storage)
+    except ConfigError as exc:
+        print(f"dicom-node serve: invalid configuration:\n{exc}", file=sys.stderr)
+        return 2
+    setup_logging(config.node.log_level, config.node.debug_phi)
+    node = Node(args.config, args.storage, args.drain_timeout, args.ready_timeout)
+    node.install_signal_handlers()
+    try:
+        return node.run()
+    except _StopDuringStart:
+        return node.shutdown()
+    except Exception:
+        log.exception("fatal error")
+        try:
+            node.shutdown()
+        finally:
+            pass
+        return 1

@@ -1,0 +1,478 @@
+"""Worker processes: take jobs from the queue, route, run the route's pipeline, queue results for sending.
+
+The SCP and the senders live in the main process; every CPU-heavy step (reading pixels, inference, writing
+results) runs in a worker PROCESS (``spawn`` start method), so the GIL never slows the receive path.
+
+Per job (``process_job``): read the spooled file's header, ``select_route``; no route -> default action (drop: job
+``dropped``; forward: the original to the default destinations); a route -> ``pipeline.process(obj, route)``, each
+result dataset written atomically under the spool's result path, then ONE ``finish_job`` transaction with one
+``OutboundItem`` per (result, destination) plus the original per destination when ``forward_original``. The original
+is forwarded even when processing failed (forwarding is a routing decision, not a processing result).
+
+A pipeline exception ends that job in ``error`` with a PHI-free message; the worker goes on. Pipelines are built
+once per worker per configuration generation (``WorkerPool.reload`` bumps the generation; each worker re-reads the
+validated file) and a worker reports ready only after building them (model warm-up). A worker that dies is
+replaced; the job it was running is ended in ``error`` (a job that kills its worker is not retried in a loop).
+Jobs left ``running`` by a crash of the whole node are taken again at the next start (``requeue_interrupted``).
+Workers die with the main process (``PR_SET_PDEATHSIG``), so a killed node leaves no orphans.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import multiprocessing as mp
+import os
+import queue as queue_mod
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from multiprocessing.process import BaseProcess
+from pathlib import Path
+from typing import Any
+
+from dicom_node.config_schema import NodeConfig, Route
+
+log = logging.getLogger(__name__)
+
+SOP_CLASS_KIND = {
+    "1.2.840.10008.5.1.4.1.1.11.1": "gsps",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.7": "sc",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.7.1": "sc",
+    "1.2.840.10008.5.1.4.1.1.7.2": "sc",
+    "1.2.840.10008.5.1.4.1.1.7.3": "sc",
+    "1.2.840.10008.5.1.4.1.1.7.4": "sc",
+}
+SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+QUICK_DEATH_S = 30.0  # a worker dying this soon after its start, before being ready, counts as a start failure
+MAX_QUICK_DEATHS = 5
+
+
+def result_kind(ds: Any) -> str:
+    """Outbound kind of a result dataset: sr (TID 1500 SR), plain_sr (other SR), sc or gsps."""
+    sop_class = str(getattr(ds, "SOPClassUID", ""))
+    if sop_class in SOP_CLASS_KIND:
+        return SOP_CLASS_KIND[sop_class]
+    if sop_class.startswith(SR_PREFIX):
+        for item in getattr(ds, "ContentTemplateSequence", []) or []:
+            if str(getattr(item, "TemplateIdentifier", "")) == "1500":
+                return "sr"
+        return "plain_sr"
+    raise ValueError(f"result dataset of unsupported SOP class {sop_class or '(none)'}: cannot queue it")
+
+
+@dataclass(frozen=True)
+class JobResult:
+    """What ``process_job`` decided; ``outbound`` holds ``jobqueue.OutboundItem`` objects."""
+
+    status: str  # done | error | dropped
+    error: str = ""
+    summary: dict[str, Any] = field(default_factory=dict)
+    outbound: tuple[Any, ...] = ()
+
+
+def _safe(text: str) -> str:
+    from dicom_node.logsafe import redact
+
+    return redact(text)[:2000]
+
+
+class PipelineCache:
+    """Pipelines of one configuration, built once (``build_all``) and reused for every job."""
+
+    def __init__(self, config: NodeConfig, builder: Callable[[str, NodeConfig], Any] | None = None) -> None:
+        if builder is None:
+            from dicom_node.pipeline import build_pipeline as builder
+        self.config = config
+        self._builder = builder
+        self.pipelines: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+
+    def names(self) -> list[str]:
+        return sorted({r.pipeline.name for r in self.config.routes if r.pipeline is not None})
+
+    def build_all(self) -> None:
+        for name in self.names():
+            self.get(name)
+
+    def get(self, name: str) -> Any:
+        if name in self.pipelines:
+            return self.pipelines[name]
+        if name in self.errors:
+            raise RuntimeError(self.errors[name])
+        try:
+            started = time.monotonic()
+            self.pipelines[name] = self._builder(name, self.config)
+            log.info("pipeline %s built in %.2f s", name, time.monotonic() - started)
+            return self.pipelines[name]
+        except Exception as exc:
+            self.errors[name] = _safe(f"pipeline {name!r} could not be built: {type(exc).__name__}: {exc}")
+            log.error("%s", self.errors[name])
+            raise RuntimeError(self.errors[name]) from None
+
+
+def process_job(obj: Any, config: NodeConfig, pipelines: PipelineCache, spool: Any) -> JobResult:
+    """Route and process one received object (see module docstring). Never raises for job-level problems."""
+    from pydicom import dcmread
+
+    from dicom_node.jobqueue import OutboundItem
+    from dicom_node.routing import select_route
+
+    def original_to(dests: tuple[str, ...]) -> list[Any]:
+        return [OutboundItem(d, Path(obj.path), obj.sop_instance_uid, obj.sop_class_uid, "original") for d in dests]
+
+    try:
+        header = dcmread(obj.path, stop_before_pixels=True)
+    except Exception as exc:
+        return JobResult("error", _safe(f"cannot read spooled file {Path(obj.path).name}: {exc}"))
+    decision = select_route(config, header, obj.calling_ae)
+    route: Route | None = decision.route
+    if route is None:
+        default = decision.default
+        if default is None or default.action == "drop":
+            return JobResult("dropped", summary={"route": None, "default": "drop"})
+        return JobResult(
+            "done", summary={"route": None, "default": "forward"}, outbound=tuple(original_to(default.destinations))
+        )
+    summary: dict[str, Any] = {"route": route.name}
+    outbound: list[Any] = original_to(route.destinations) if route.forward_original else []
+    if route.pipeline is None:
+        return JobResult("done", summary=summary, outbound=tuple(outbound))
+    name = route.pipeline.name
+    summary["pipeline"] = name
+    started = time.monotonic()
+    try:
+        pipeline = pipelines.get(name)
+        outcome = pipeline.process(obj, route)
+    except Exception as exc:
+        from dicom_node.pipeline import PipelineError
+
+        detail = str(exc) if isinstance(exc, PipelineError | RuntimeError) else f"{type(exc).__name__}: {exc}"
+        message = _safe(f"pipeline {name!r} failed: {detail}")
+        summary["seconds"] = round(time.monotonic() - started, 3)
+        return JobResult("error", message, summary, tuple(outbound))
+    summary["seconds"] = round(time.monotonic() - started, 3)
+    summary.update({k: v for k, v in (outcome.summary or {}).items() if k not in summary})
+    results: list[str] = []
+    try:
+        for ds in outcome.datasets:
+            kind = result_kind(ds)
+            uid = str(ds.SOPInstanceUID)
+            path = spool.result_path(obj.job_id, kind, uid)
+            spool.write_dataset_atomic(ds, path)
+            results.append(kind)
+            outbound.extend(OutboundItem(d, path, uid, str(ds.SOPClassUID), kind) for d in route.destinations)
+    except Exception as exc:
+        return JobResult("error", _safe(f"cannot write results: {type(exc).__name__}: {exc}"), summary, tuple(outbound))
+    summary["results"] = results
+    if outcome.errors:
+        summary["errors"] = [_safe(e) for e in outcome.errors]
+    if outcome.errors and not outcome.datasets:
+        return JobResult("error", "; ".join(_safe(e) for e in outcome.errors), summary, tuple(outbound))
+    return JobResult("done", summary=summary, outbound=tuple(outbound))
+
+
+# ---- the worker process ----------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    """Everything a spawned worker needs (picklable)."""
+
+    index: int
+    config_path: Path
+    storage_override: Path | None
+    poll_s: float = 0.5
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this process when its parent dies (no orphans after a kill -9 of the node)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: Any, work: Any) -> None:
+    """Entry point of a worker process. ``events``: mp.Queue to the pool; ``generation``: mp.Value of the
+    configuration generation; ``stop``: mp.Event (finish the current job, then exit); ``work``: mp.Event set when
+    jobs were added."""
+    _die_with_parent()
+    parent = os.getppid()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    from dicom_node.config import ConfigError, load_config
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.service import setup_logging
+    from dicom_node.spool import Spool
+
+    name = f"worker-{settings.index}-{os.getpid()}"
+    gen = int(generation.value)
+    config = load_config(settings.config_path, storage_override=settings.storage_override)
+    setup_logging(config.node.log_level, config.node.debug_phi)
+    storage = config.node.storage
+    queue = JobQueue(storage / "queue.sqlite3")
+    spool = Spool(storage, config.node.min_free_disk_mb, config.node.duplicate_policy)
+    pipelines = PipelineCache(config)
+    pipelines.build_all()
+    events.put(("ready", settings.index, os.getpid(), gen, sorted(pipelines.errors.values())))
+    while not stop.is_set():
+        if os.getppid() != parent:  # belt and braces beside PDEATHSIG
+            return
+        if int(generation.value) != gen:
+            gen = int(generation.value)
+            try:
+                config = load_config(settings.config_path, storage_override=settings.storage_override)
+                setup_logging(config.node.log_level, config.node.debug_phi)
+                pipelines = PipelineCache(config)
+                pipelines.build_all()
+                log.info("configuration generation %d loaded", gen)
+            except ConfigError as exc:
+                log.error("configuration generation %d refused, keeping the previous one: %s", gen, exc)
+            events.put(("ready", settings.index, os.getpid(), gen, sorted(pipelines.errors.values())))
+        obj = queue.claim_job(name)
+        if obj is None:
+            work.wait(settings.poll_s)
+            work.clear()
+            continue
+        events.put(("claimed", settings.index, os.getpid(), obj.job_id))
+        started = time.monotonic()
+        try:
+            result = process_job(obj, config, pipelines, spool)
+        except Exception as exc:  # a bug in routing/writing: end the job, keep the worker
+            log.exception("job %s: unexpected error", obj.job_id)
+            result = JobResult("error", _safe(f"internal error: {type(exc).__name__}: {exc}"))
+        queue.finish_job(
+            obj.job_id, status=result.status, error=result.error, summary=result.summary, outbound=result.outbound
+        )
+        dests = sorted({item.destination for item in result.outbound})
+        level = logging.WARNING if result.status == "error" else logging.INFO
+        log.log(
+            level, "job %s %s: sop_instance_uid=%s route=%s results=%s outbound=%d in %.2f s%s",
+            obj.job_id, result.status, obj.sop_instance_uid, result.summary.get("route"),
+            ",".join(result.summary.get("results", [])) or "-", len(result.outbound),
+            time.monotonic() - started, f" error: {result.error}" if result.error else "",
+        )
+        events.put(("finished", settings.index, os.getpid(), obj.job_id, result.status, dests))
+    queue.close()
+
+
+# ---- the pool (main process) -----------------------------------------------------------------------------------
+
+
+@dataclass
+class _Slot:
+    index: int
+    process: BaseProcess
+    ready_generation: int = -1
+    current_job: int | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class WorkerPool:
+    """``n`` worker processes; call ``tick()`` regularly from the main thread (reaps, replaces, reads events).
+
+    ``on_outbound(destinations)`` is called (main thread) when a finished job queued items for those destinations.
+    """
+
+    def __init__(
+        self,
+        config_path: Path,
+        storage_override: Path | None,
+        workers: int,
+        queue: Any,
+        on_outbound: Callable[[list[str]], None] | None = None,
+        start_method: str = "spawn",
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.storage_override = storage_override
+        self.size = max(1, int(workers))
+        self.queue = queue
+        self.on_outbound = on_outbound
+        self._ctx = mp.get_context(start_method)
+        self._events = self._ctx.Queue()
+        self._generation = self._ctx.Value("i", 0)
+        self._stop = self._ctx.Event()
+        self._work = self._ctx.Event()
+        self._slots: dict[int, _Slot] = {}
+        self._retiring: list[_Slot] = []
+        self._stopping = False
+        self.replaced = 0
+        self.jobs_finished = 0
+        self.fatal = ""  # set when workers keep dying at startup: the service gives up (systemd restarts it)
+        self._quick_deaths = 0
+        self._lock = threading.Lock()
+
+    @property
+    def generation(self) -> int:
+        return int(self._generation.value)
+
+    def _spawn(self, index: int) -> _Slot:
+        settings = WorkerSettings(index, self.config_path, self.storage_override)
+        proc = self._ctx.Process(
+            target=worker_main,
+            args=(settings, self._events, self._generation, self._stop, self._work),
+            name=f"dicom-node-worker-{index}",
+            daemon=True,
+        )
+        proc.start()
+        log.info("worker %d started (pid %s)", index, proc.pid)
+        return _Slot(index, proc)
+
+    def start(self) -> None:
+        for i in range(self.size):
+            self._slots[i] = self._spawn(i)
+
+    def notify_work(self) -> None:
+        """Wake idle workers (a job was queued)."""
+        self._work.set()
+
+    def ready(self) -> bool:
+        """Every worker has built the pipelines of the current generation."""
+        gen = self.generation
+        return bool(self._slots) and all(s.ready_generation >= gen for s in self._slots.values())
+
+    def wait_ready(self, timeout_s: float, between: Callable[[], None] | None = None) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.tick(0.2)
+            if self.ready():
+                return True
+            if between:
+                between()
+        return self.ready()
+
+    def reload(self, workers: int) -> None:
+        """New configuration generation: workers re-read the file and rebuild pipelines; resize to ``workers``."""
+        with self._generation.get_lock():
+            self._generation.value += 1
+        self._work.set()
+        new_size = max(1, int(workers))
+        if new_size > self.size:
+            for i in range(self.size, new_size):
+                self._slots[i] = self._spawn(i)
+        elif new_size < self.size:
+            log.info("worker count %d -> %d: extra workers stop after their current job", self.size, new_size)
+            for i in range(new_size, self.size):
+                slot = self._slots.pop(i)
+                self._retiring.append(slot)
+                if slot.process.pid:
+                    os.kill(slot.process.pid, signal.SIGTERM)  # finish the job in hand, then exit
+        self.size = new_size
+
+    def tick(self, wait_s: float = 0.0) -> None:
+        """Handle worker events and replace dead workers. Main thread only (spawning sets parent-death signals)."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            timeout = max(0.0, deadline - time.monotonic())
+            try:
+                event = self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
+            except (queue_mod.Empty, EOFError, OSError):
+                break
+            self._handle(event)
+        self._reap()
+
+    def _slot_for(self, index: int, pid: int) -> _Slot | None:
+        slot = self._slots.get(index)
+        if slot is not None and slot.process.pid == pid:
+            return slot
+        return next((s for s in self._retiring if s.process.pid == pid), None)
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind, index, pid = event[0], event[1], event[2]
+        slot = self._slot_for(index, pid)
+        if slot is None:
+            return
+        if kind == "ready":
+            slot.ready_generation = int(event[3])
+            for err in event[4]:
+                log.error("worker %d: %s", index, err)
+            log.info("worker %d ready (pid %s, configuration generation %d)", index, pid, slot.ready_generation)
+        elif kind == "claimed":
+            slot.current_job = int(event[3])
+        elif kind == "finished":
+            slot.current_job = None
+            self.jobs_finished += 1
+            dests = list(event[5])
+            if dests and self.on_outbound:
+                self.on_outbound(dests)
+
+    def _reap(self) -> None:
+        for slot in list(self._retiring):
+            if not slot.process.is_alive():
+                slot.process.join(0)
+                self._retiring.remove(slot)
+        for index, slot in list(self._slots.items()):
+            proc = slot.process
+            if proc.is_alive():
+                continue
+            proc.join(0)
+            # Drain events first: the worker may have finished its job right before dying.
+            self._drain()
+            if slot.current_job is not None:
+                self._fail_job(slot.current_job, proc.exitcode)
+            if self._stopping:
+                continue
+            if slot.ready_generation < 0 and time.monotonic() - slot.started_at < QUICK_DEATH_S:
+                self._quick_deaths += 1
+                if self._quick_deaths >= MAX_QUICK_DEATHS:
+                    self.fatal = (f"{self._quick_deaths} workers died before becoming ready (last exit code "
+                                  f"{proc.exitcode}); see the worker log lines above")
+                    continue
+            else:
+                self._quick_deaths = 0
+            log.error("worker %d (pid %s) died with exit code %s; starting a replacement", index, proc.pid,
+                      proc.exitcode)
+            self.replaced += 1
+            self._slots[index] = self._spawn(index)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._handle(self._events.get_nowait())
+            except (queue_mod.Empty, EOFError, OSError):
+                return
+
+    def _fail_job(self, job_id: int, exitcode: int | None) -> None:
+        from dicom_node.jobqueue import JobStateError
+
+        how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        try:
+            self.queue.finish_job(
+                job_id, status="error",
+                error=f"worker process died ({how}) while processing this job; not retried automatically",
+            )
+            log.error("job %s ended in error: its worker died (%s)", job_id, how)
+        except JobStateError:
+            pass  # it had finished after all
+
+    def alive(self) -> int:
+        return sum(1 for s in self._slots.values() if s.process.is_alive())
+
+    def busy(self) -> int:
+        return sum(1 for s in self._slots.values() if s.current_job is not None)
+
+    def stop(self, timeout_s: float = 30.0) -> bool:
+        """Let every worker finish its current job (at most ``timeout_s``), then end them. True: all exited."""
+        self._stopping = True
+        self._stop.set()
+        self._work.set()
+        deadline = time.monotonic() + timeout_s
+        slots = list(self._slots.values()) + self._retiring
+        while time.monotonic() < deadline and any(s.process.is_alive() for s in slots):
+            self.tick(0.1)
+        clean = True
+        for slot in slots:
+            if slot.process.is_alive():
+                clean = False
+                log.warning("worker %d did not finish within %.0f s; killing it (its job is taken again at the "
+                            "next start)", slot.index, timeout_s)
+                slot.process.kill()
+                slot.process.join(5)
+        self._drain()
+        return clean
