@@ -40,6 +40,9 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 # this it is an ignore region (neither required nor penalised); below it the region is absent.
 PRESENT_FRACTION = 0.4
 IGNORE_BELOW = 0.15
+# mix of simulated kinds (fractions); lateral localizers are rarer than frontal ones
+SIM_KINDS: tuple[tuple[str, float], ...] = (("ct_frontal", 0.45), ("ct_lateral", 0.2), ("dx", 0.35))
+VAL_SEED_OFFSET = 1_000_000  # held-out simulated cases use seeds from here on
 
 
 class DatasetError(ValueError):
@@ -267,8 +270,9 @@ def load_simulated_dir(root: Path) -> tuple[list[Sample], DatasetInfo]:
         except json.JSONDecodeError as exc:
             raise DatasetError(f"{side}: invalid JSON ({exc})") from exc
         truth = doc.get("truth", doc)
-        rows = int(truth.get("rows") or doc.get("rows") or 0)
-        cols = int(truth.get("columns") or doc.get("columns") or 0)
+        geom = truth.get("geometry") or {}
+        rows = int(geom.get("rows") or truth.get("rows") or 0)
+        cols = int(geom.get("columns") or truth.get("columns") or 0)
         if not rows or not cols:
             import pydicom
 
@@ -277,11 +281,51 @@ def load_simulated_dir(root: Path) -> tuple[list[Sample], DatasetInfo]:
         regions = truth.get("regions")
         if regions is None:
             raise DatasetError(f"{side}: no 'regions' list")
+        view = str(geom.get("view") or truth.get("kind") or "unknown")
         samples.append(Sample(str(dcm.relative_to(root)), dcm, truths_from_regions(regions, cols, rows), rows, cols,
-                              str(truth.get("view", truth.get("kind", "unknown")))))
+                              view))
     if not samples:
         raise DatasetError(f"{root}: no .dcm files with sidecar .json truth")
     return samples, info
+
+
+def sim_plan(n: int, seed0: int) -> list[tuple[int, str]]:
+    """(seed, kind) of ``n`` simulated cases; kinds follow SIM_KINDS deterministically."""
+    rng = np.random.default_rng(seed0 + 7)
+    kinds = [k for k, _ in SIM_KINDS]
+    p = np.array([w for _, w in SIM_KINDS])
+    return [(seed0 + i, str(kinds[int(j)])) for i, j in enumerate(rng.choice(len(kinds), size=n, p=p / p.sum()))]
+
+
+def sim_randomize(seed: int, kind: str) -> dict:
+    """The simulator's domain-randomisation knobs for one training case (drawn from ``seed``)."""
+    rng = np.random.default_rng([seed, 4242])
+    r: dict = {
+        "strength": float(rng.uniform(0.3, 1.0)),
+        "table": bool(rng.random() < 0.85),
+        "girth": float(np.clip(rng.lognormal(0.0, 0.4), 0.5, 2.5)),
+        "roll_deg": float(rng.normal(0.0, 4.0)),
+        "yaw_deg": float(rng.normal(0.0, 2.5)),
+    }
+    if kind == "dx":
+        r["arms"] = str(rng.choice(["down", "up", "none"], p=[0.6, 0.25, 0.15]))
+        r["exam"] = str(rng.choice(["chest", "abdomen", "pelvis"], p=[0.5, 0.2, 0.3]))
+        r["collimation"] = float(rng.uniform(0.6, 1.0))
+    else:
+        r["arms"] = str(rng.choice(["up", "down", "none"], p=[0.6, 0.3, 0.1]))
+        r["crop_mm"] = float(rng.uniform(20.0, 120.0))
+    return r
+
+
+def write_simulated_dataset(out_dir: Path, n: int, seed0: int = VAL_SEED_OFFSET, size: int = 320) -> list[Path]:
+    """Write ``n`` simulated cases (``.dcm`` + sidecar ``.json``) with the training mix and randomisation."""
+    from inference.simulator import simulate_case, write_case
+
+    out = []
+    for seed, kind in sim_plan(n, seed0):
+        case = simulate_case(seed, kind=kind, randomize=sim_randomize(seed, kind), size=size or None)
+        out.append(write_case(case, out_dir)[0])
+    return out
 
 
 def load_dataset(path: Path) -> tuple[list[Sample], DatasetInfo]:

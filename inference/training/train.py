@@ -29,9 +29,12 @@ from inference.training.data import (
     CLASSES,
     IGNORE_BELOW,
     PRESENT_FRACTION,
+    VAL_SEED_OFFSET,
     Sample,
     load_dataset,
     read_image_file,
+    sim_plan,
+    sim_randomize,
     truths_from_regions,
 )
 from inference.training.metrics import GroundTruth, ImageResult, Prediction, evaluate_detections
@@ -42,9 +45,6 @@ ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / "inference" / "models" / "reference"
 DEFAULT_CACHE = ROOT / "var" / "training-cache"
 K = len(CLASSES)
-# mix of simulated kinds (fractions); lateral localizers are rarer than frontal ones
-SIM_KINDS: tuple[tuple[str, float], ...] = (("ct_frontal", 0.45), ("ct_lateral", 0.2), ("dx", 0.35))
-VAL_SEED_OFFSET = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class TrainConfig:
     input_size: int = 256
     width: int = 16
     cache_side: int = 320  # cached images are at most this many pixels on their long side
-    sim_size: int = 0  # simulator image size (0: the simulator's default)
+    sim_size: int = 320  # simulator image columns (0: the simulator's default)
     threads: int = 2
     workers: int = 1  # data-loader processes
     eval_every: int = 500
@@ -171,10 +171,7 @@ def _simulate_one(args: tuple[int, str, int]) -> tuple[str, np.ndarray, tuple[Gr
     seed, kind, size = args
     from inference.simulator import simulate_case
 
-    kwargs = {"kind": kind}
-    if size:
-        kwargs["size"] = size
-    case = simulate_case(seed, **kwargs)
+    case = simulate_case(seed, kind=kind, randomize=sim_randomize(seed, kind), size=size or None)
     ds = case.dataset
     img = presentation_pixels(ds)
     regions = [
@@ -185,14 +182,6 @@ def _simulate_one(args: tuple[int, str, int]) -> tuple[str, np.ndarray, tuple[Gr
     truths = truths_from_regions(regions, img.shape[1], img.shape[0])
     fractions = {r["label"].upper(): r["visible_fraction"] for r in regions}
     return f"sim-{kind}-{seed}", img, truths, fractions
-
-
-def sim_plan(n: int, seed0: int) -> list[tuple[int, str]]:
-    """(seed, kind) of ``n`` simulated cases; kinds follow SIM_KINDS deterministically."""
-    rng = np.random.default_rng(seed0 + 7)
-    kinds = [k for k, _ in SIM_KINDS]
-    p = np.array([w for _, w in SIM_KINDS])
-    return [(seed0 + i, str(kinds[int(j)])) for i, j in enumerate(rng.choice(len(kinds), size=n, p=p / p.sum()))]
 
 
 def simulated_set(n: int, seed0: int, side: int, cache_dir: Path, sim_size: int = 0, workers: int = 2,
