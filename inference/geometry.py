@@ -21,7 +21,7 @@ Conventions (see also docs/GEOMETRY.md and inference.types):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -250,8 +250,23 @@ def _view_from_normal(normal: Sequence[float]) -> str:
     return {0: "lateral", 1: "frontal", 2: "unknown"}[axis]
 
 
-def geometry_from_dataset(ds: Dataset) -> ImageGeometry:
-    """Everything the header says about the geometry of ``ds``; never raises for missing or malformed tags."""
+def match_scanner(ds: Dataset, entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
+    """The first configuration entry whose every ``match`` attribute equals the header's (case-insensitive)."""
+    for entry in entries:
+        wanted = entry.get("match", {})
+        if all(str(ds.get(k, "") or "").strip().upper() == str(v).strip().upper() for k, v in wanted.items()):
+            return entry
+    return None
+
+
+def geometry_from_dataset(ds: Dataset, *, scanner_geometry: Sequence[Mapping[str, Any]] = ()) -> ImageGeometry:
+    """Everything the header says about the geometry of ``ds``; never raises for missing or malformed tags.
+
+    ``scanner_geometry``: site configuration for scanners whose headers lack it (measurement option
+    ``scanner_geometry``): entries ``{match: {Manufacturer: ..., ManufacturerModelName: ...}, sod_mm, sid_mm,
+    frontal_view_position: AP|PA, lateral_view_position: LL|RL}``; used only where the header is silent, and
+    every use is noted.
+    """
     notes: list[str] = []
     modality = _text(ds, "Modality")
     sop_class = str(ds.get("SOPClassUID", "") or "")
@@ -274,6 +289,20 @@ def geometry_from_dataset(ds: Dataset) -> ImageGeometry:
 
     sid = _positive(ds, "DistanceSourceToDetector", notes, "(0018,1110)")
     sod = _positive(ds, "DistanceSourceToPatient", notes, "(0018,1111)")
+    config = match_scanner(ds, scanner_geometry) if scanner_geometry else None
+    if config is not None:
+        if sod is None and config.get("sod_mm"):
+            sod = float(config["sod_mm"])
+            notes.append(f"SOD {sod:g} mm from the site configuration (scanner_geometry), not the header")
+        if sid is None and config.get("sid_mm"):
+            sid = float(config["sid_mm"])
+            notes.append(f"SID {sid:g} mm from the site configuration (scanner_geometry), not the header")
+        common_vp = {
+            "frontal": str(config.get("frontal_view_position", "") or "").upper(),
+            "lateral": str(config.get("lateral_view_position", "") or "").upper(),
+        }
+    else:
+        common_vp = {}
     if sid is not None and sod is not None and sod > sid:
         notes.append(f"Distance Source to Patient {sod:g} mm exceeds Distance Source to Detector {sid:g} mm: both ignored")
         sid = sod = None
@@ -282,7 +311,7 @@ def geometry_from_dataset(ds: Dataset) -> ImageGeometry:
 
     is_ct = modality == "CT" or sop_class.startswith(CT_IMAGE_STORAGE)
     if is_ct:
-        return _ct_geometry(ds, common, notes, image_type, sod, sid, th)
+        return _ct_geometry(ds, common, notes, image_type, sod, sid, th, common_vp)
     return _projection_geometry(ds, common, notes, modality, sod, sid, th)
 
 
@@ -294,6 +323,7 @@ def _ct_geometry(
     sod: float | None,
     sid: float | None,
     th: float | None,
+    configured_vp: Mapping[str, str],
 ) -> ImageGeometry:
     localizer = "LOCALIZER" in image_type
     kind = "ct_localizer" if localizer else "ct_tomographic"
@@ -349,7 +379,11 @@ def _ct_geometry(
             fan_axis = "y" if rz >= 0.9 else "x"
         else:
             notes.append("neither image axis follows the table (z): fan axis unknown, no magnification model")
-        source, source_from = _source_direction(common["view_position"], common["patient_position"], normal, notes)
+        vp = common["view_position"]
+        if not vp and configured_vp.get(view):
+            vp = configured_vp[view]
+            notes.append(f"View Position {vp} for {view} localizers from the site configuration (scanner_geometry)")
+        source, source_from = _source_direction(vp, common["patient_position"], normal, notes)
         if sod is None:
             notes.append(
                 "Distance Source to Patient (0018,1111) absent: fan-beam magnification not modelled; sizes across"
@@ -456,23 +490,38 @@ def _isocenter(
             name = "Data Collection Center (Patient)" if "Data" in keyword else "Reconstruction Target Center (Patient)"
             return _vec3(v), f"{name} {tag}"
     rows, columns = common["rows"], common["columns"]
-    centre = (
-        np.asarray(ipp)
-        + (columns / 2.0 - 0.5) * ps[1] * np.asarray(row_cos)
-        + (rows / 2.0 - 0.5) * ps[0] * np.asarray(col_cos)
-    )
+    ipp_a, r_a, c_a = np.asarray(ipp), np.asarray(row_cos), np.asarray(col_cos)
+    centre = ipp_a + (columns / 2.0 - 0.5) * ps[1] * r_a + (rows / 2.0 - 0.5) * ps[0] * c_a
     iso = np.array([0.0, 0.0, centre[2]])
     normal = np.cross(row_cos, col_cos)
     axis, size = _dominant_axis(normal)
     if localizer and size >= 0.9 and axis in (0, 1):
         plane = float(np.dot(ipp, normal) / normal[axis])  # coordinate of the image plane along that axis
         iso[axis] = plane
-        name = "xy"[axis]
-        other = "xy"[1 - axis]
-        return _vec3(iso), (
-            f"{name} = localizer image plane (PS3.3: passes through the data collection centre), "
-            f"{other} = 0 (vendor convention), z = image centre"
-        )
+        name, other = "xy"[axis], "xy"[1 - axis]
+        source = (f"{name} = localizer image plane (PS3.3: a CONSTANT_ANGLE image plane passes through the data"
+                  f" collection centre)")
+        if fan_axis is not None:
+            # central ray: the centre of pixel floor(N/2) across the fan (the real Philips localizers put x = 0
+            # exactly there: IPP x = -FOV/2 at the first pixel centre)
+            n = columns if fan_axis == "x" else rows
+            k = n // 2
+            fan_vec = r_a if fan_axis == "x" else c_a
+            step = ps[1] if fan_axis == "x" else ps[0]
+            ray = float(((ipp_a + k * step * fan_vec) @ fan_vec) * np.sign(fan_vec[1 - axis]))
+            if abs(ray) <= step:
+                iso[1 - axis] = 0.0
+                source += f", {other} = 0 (vendor convention, agrees with the central ray at {ray:+.2f} mm)"
+            else:
+                iso[1 - axis] = ray
+                source += f", {other} = central ray (centre of pixel {k} across the fan)"
+                notes.append(
+                    f"isocenter {other} = {ray:.1f} mm from the fan centre: the vendor convention {other} = 0 is"
+                    " contradicted by the image (table-based patient frame)"
+                )
+        else:
+            source += f", {other} = 0 (vendor convention)"
+        return _vec3(iso), source + ", z = image centre"
     return _vec3(iso), "vendor convention x = 0, y = 0; z = image centre"
 
 
@@ -724,3 +773,42 @@ def table_move_instruction(offset_mm: float, direction_lps: Sequence[float], pat
         posterior = offset_mm * d[1] > 0
         return f"move table towards the patient's {'anterior' if posterior else 'posterior'} by {n:.1f} mm"
     return f"offset {offset_mm:+.1f} mm along {tuple(round(float(v), 3) for v in d)} (room direction unknown)"
+
+
+# --------------------------------------------------------------------------------------------------------------
+# fan-beam silhouette of an elliptical cross-section (what a localizer shows of a body region)
+
+
+def silhouette_extents(
+    center_u: float, center_d: float, half_u: float, half_d: float, sod_mm: float
+) -> tuple[float, float]:
+    """Isocenter-plane extents (u_lo, u_hi) of the fan-beam shadow of an ellipse.
+
+    The ellipse (a transverse cross-section of a region) has centre ``center_u`` across the fan and ``center_d``
+    towards the source (both mm from the isocenter) and semi-axes ``half_u``, ``half_d``; the shadow edges are the
+    rays from the source tangent to it. With k = SOD - center_d:
+    u = SOD (center_u k +- sqrt(half_u^2 (k^2 - half_d^2) + half_d^2 center_u^2)) / (k^2 - half_d^2).
+    """
+    k = sod_mm - center_d
+    den = k * k - half_d * half_d
+    if den <= 0:
+        raise GeometryError(f"the source ({sod_mm:g} mm) lies within the cross-section (depth {center_d:g} mm)")
+    root = math.sqrt(half_u * half_u * den + half_d * half_d * center_u * center_u)
+    return sod_mm * (center_u * k - root) / den, sod_mm * (center_u * k + root) / den
+
+
+def invert_silhouette(
+    u_lo: float, u_hi: float, center_d: float, half_d: float, sod_mm: float
+) -> tuple[float, float]:
+    """(centre_u, half_u) of the ellipse whose fan-beam shadow spans [u_lo, u_hi] at the isocenter plane.
+
+    The inverse of ``silhouette_extents`` given the cross-section's depth centre and depth semi-axis (mm).
+    """
+    k = sod_mm - center_d
+    den = k * k - half_d * half_d
+    if den <= 0:
+        raise GeometryError(f"the source ({sod_mm:g} mm) lies within the cross-section (depth {center_d:g} mm)")
+    mid, half = (u_lo + u_hi) / 2.0, (u_hi - u_lo) / 2.0
+    center_u = mid * den / (sod_mm * k)
+    a2 = ((half * den / sod_mm) ** 2 - half_d * half_d * center_u * center_u) / den
+    return center_u, math.sqrt(max(a2, 0.0))
