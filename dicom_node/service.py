@@ -202,6 +202,21 @@ class Node:
         """Drain in order: listener, workers, senders. Returns 0."""
         t0 = time.monotonic()
         self.notifier.stopping("draining: closing the listener")
+        done = threading.Event()
+        watchdog_s = watchdog_interval_s()
+        if watchdog_s is not None:  # keep the watchdog fed while draining (a drain may outlast WatchdogSec)
+
+            def feed() -> None:
+                while not done.wait(watchdog_s):
+                    self.notifier.watchdog()
+
+            threading.Thread(target=feed, name="watchdog-drain", daemon=True).start()
+        try:
+            return self._drain(t0)
+        finally:
+            done.set()
+
+    def _drain(self, t0: float) -> int:
         log.info("stopping: draining open associations (up to %.0f s)", self.drain_timeout_s)
         if self.scp is not None:
             self.scp.stop(self.drain_timeout_s)
