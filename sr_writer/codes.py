@@ -111,10 +111,10 @@ MEASURED = _std(codes.SCT.Measured)  # SCT 258104002
 ESTIMATED = _std(codes.SCT.Estimated)  # SCT 414135002
 
 BOUNDED_BY = _std(codes.SCT.BoundedBy)  # SCT 75958009, geometric purpose of the box
-FINDING_TYPE_REGION = CodedConcept("AnatomicalRegion", PRIVATE_SCHEME, "Anatomical region")  # unused default
 ARTIFICIAL_INTELLIGENCE = _std(codes.DCM.ArtificialIntelligence)  # DCM 123110 (CID 7162)
 PROCESSING_EQUIPMENT = _std(codes.DCM.ProcessingEquipment)  # DCM 109102, purpose of Contributing Equipment
 ORIGINAL_SOURCE = _std(codes.DCM.OriginalSource)  # DCM 111040
+QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")  # TID 1500 row 12
 NOT_COMPUTED = private("NOT-COMPUTED", "Not computed")  # TEXT: which quantity and why
 NOTE = private("NOTE", "Processing note")  # TEXT: image-level notes (assumptions, what was not computed)
 REGION_COUNT = private("REGION-COUNT", "Number of regions detected")

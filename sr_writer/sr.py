@@ -200,31 +200,22 @@ def build_groups(
     regions = region_pairs(detections, measurements)
     groups: list = []
 
-    # Image-level group.
-    image_measurements = [
-        _measurement(C.QuantitySpec(C.REGION_COUNT, "1"), len(detections), None),
-    ]
-    image_notes: list[hd.sr.QualitativeEvaluation] = []
-    if measurements is not None:
-        image_measurements += [_quantity_measurement(q) for q in measurements.image_quantities]
-        image_notes.append(_text(C.GEOMETRY_LEVEL, measurements.geometry_level.value))
-        if measurements.isocenter_source:
-            image_notes.append(_text(C.ISOCENTER_SOURCE, measurements.isocenter_source))
-        image_notes += [_text(C.NOTE, n) for n in measurements.notes]
-    else:
-        image_notes.append(_text(C.NOTE, "no measurements computed: region sizes in pixels only"))
-    image_notes += [_text(C.NOTE, n) for n in header.notes]
-    groups.append(
-        hd.sr.MeasurementsAndQualitativeEvaluations(
-            tracking_identifier=hd.sr.TrackingIdentifier(
-                uid=derived_uid("tracking-image", source_uid, ctx.model.version), identifier="image"
-            ),
-            algorithm_id=algo,
-            measurements=image_measurements,
-            qualitative_evaluations=image_notes,
-            source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, source_uid)],
+    # Image-level TID 1501 group: only when there is no region (TID 1500 needs one group) or image quantities.
+    # (pixelmed's DicomSRValidator validates every group as TID 1410 when exactly one group has a SCOORD, so an
+    # image group beside a single 2D region would be reported as an error; see docs/RESULTS.md.)
+    image_quantities = list(measurements.image_quantities) if measurements is not None else []
+    if not regions or image_quantities:
+        groups.append(
+            hd.sr.MeasurementsAndQualitativeEvaluations(
+                tracking_identifier=hd.sr.TrackingIdentifier(
+                    uid=derived_uid("tracking-image", source_uid, ctx.model.version), identifier="image"
+                ),
+                algorithm_id=algo,
+                measurements=[_measurement(C.QuantitySpec(C.REGION_COUNT, "1"), len(detections), None)]
+                + [_quantity_measurement(q) for q in image_quantities],
+                source_images=[hd.sr.SourceImageForMeasurementGroup(ds.SOPClassUID, source_uid)],
+            )
         )
-    )
 
     no_mm_reason = _no_mm_reason(measurements)
     position = str(ds.get("PatientPosition", "") or "")
@@ -301,7 +292,34 @@ def _no_mm_reason(measurements: ImageMeasurements | None) -> str:
     return "not computed"
 
 
-def _report(header: SourceHeader, groups: list, ctx: ResultContext) -> hd.sr.MeasurementReport:
+def image_notes(header: SourceHeader, measurements: ImageMeasurements | None) -> list[tuple[CodedConcept, str]]:
+    """Image-level notes: geometry level, isocenter source, what could not be computed, header sanitising."""
+    notes: list[tuple[CodedConcept, str]] = []
+    if measurements is not None:
+        notes.append((C.GEOMETRY_LEVEL, measurements.geometry_level.value))
+        if measurements.isocenter_source:
+            notes.append((C.ISOCENTER_SOURCE, measurements.isocenter_source))
+        notes += [(C.NOTE, n) for n in measurements.notes]
+    else:
+        notes.append((C.NOTE, "no measurements computed: region sizes in pixels only"))
+    notes += [(C.NOTE, n) for n in header.notes]
+    return notes
+
+
+def _qualitative_container(notes: list[tuple[CodedConcept, str]]) -> hd.sr.ContainerContentItem:
+    """TID 1500 row "Qualitative Evaluations" (UMLS C0034375) holding TEXT notes."""
+    container = hd.sr.ContainerContentItem(name=C.QUALITATIVE_EVALUATIONS,
+                                           relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+    container.ContentSequence = hd.sr.ContentSequence([
+        hd.sr.TextContentItem(name=name, value=text[:TEXT_MAX],
+                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
+        for name, text in notes
+    ])
+    return container
+
+
+def _report(header: SourceHeader, groups: list, ctx: ResultContext,
+            notes: list[tuple[CodedConcept, str]] | None = None) -> hd.sr.MeasurementReport:
     observer = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -318,6 +336,8 @@ def _report(header: SourceHeader, groups: list, ctx: ResultContext) -> hd.sr.Mea
     )
     root = report[0]
     root.ContentSequence.insert(len(root.ContentSequence) - 1, _library(header))
+    if notes:
+        root.ContentSequence.append(_qualitative_container(notes))
     return report
 
 
@@ -362,7 +382,7 @@ def write_sr(
     groups = build_groups(header, detections, measurements, ctx, with_3d=True)
     sr = hd.sr.Comprehensive3DSR(
         evidence=[header.dataset],
-        content=_report(header, groups, ctx),
+        content=_report(header, groups, ctx, image_notes(header, measurements)),
         series_instance_uid=uids["SeriesInstanceUID"],
         series_number=ctx.series_number("sr"),
         sop_instance_uid=uids["SOPInstanceUID"],
@@ -468,10 +488,11 @@ def read_sr(ds: Dataset) -> list[ReadRegion]:
 
 
 def read_image_notes(ds: Dataset) -> list[str]:
-    """TEXT notes of the image-level group (geometry level, isocenter source, what could not be computed)."""
-    cls = hd.sr.Comprehensive3DSR if str(ds.SOPClassUID) == COMPREHENSIVE_3D_SR else hd.sr.ComprehensiveSR
-    report = cls.from_dataset(ds, copy=True).content
-    out = []
-    for group in report.get_image_measurement_groups():
-        out += [text for _, text in _texts(group[0])]
+    """TEXT notes of the report's Qualitative Evaluations container (geometry level, isocenter source, what
+    could not be computed and why, header attributes dropped or derived)."""
+    out: list[str] = []
+    for item in ds.ContentSequence:
+        name = item.ConceptNameCodeSequence[0]
+        if item.ValueType == "CONTAINER" and name.CodeValue == C.QUALITATIVE_EVALUATIONS.value:
+            out += [str(child.TextValue) for child in item.ContentSequence if child.ValueType == "TEXT"]
     return out

@@ -8,8 +8,8 @@
   the stock ``DicomSRValidator`` script abort before validating. Every line starting "Error" is an error.
 * dcmpschk (dcmtk): must exit 0, print "Test passed." and no "E:" line.
 
-Errors whose exact text is listed in ``ACCEPTED_ERRORS`` would be tolerated with a documented reason (see
-docs/RESULTS.md); the list is empty: every error fails.
+An error is tolerated only when it contains one of the exact fragments in ``ACCEPTED_ERRORS`` (each with its
+reason, also in docs/RESULTS.md); every other error fails.
 """
 
 from __future__ import annotations
@@ -19,7 +19,12 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ACCEPTED_ERRORS: dict[str, str] = {}
+ACCEPTED_ERRORS: dict[str, str] = {
+    # pixelmed (2022 build in Debian) carries an older CID 100 without LOINC 43468-8; current PS3.16 CID 100
+    # lists it ("XR unspecified body region"), and pydicom's codes.cid100.XRUnspecifiedBodyRegion has it.
+    'Code (43468-8,LN,"XR unspecified body region") not found in context group 100':
+        "validator's CID 100 predates the LOINC XR code",
+}
 
 JAVA_LAUNCHER = """
 import com.pixelmed.validate.DicomSRValidator;
@@ -65,7 +70,7 @@ def _run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[st
 
 
 def _strict(errors: list[str]) -> list[str]:
-    return [e for e in errors if e not in ACCEPTED_ERRORS]
+    return [e for e in errors if not any(fragment in e for fragment in ACCEPTED_ERRORS)]
 
 
 def dciodvfy(path: Path, tool: str = "dciodvfy") -> Report:

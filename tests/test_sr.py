@@ -1,0 +1,322 @@
+"""TID 1500 SR writer: round trip through highdicom, UIDs, identity, odd headers, bad input.
+
+Inputs: real files from ../shared/realdata with their hand-drawn boxes (labels.json) as detections, and
+measurements computed here from each header's own geometry (``hand_measurements``), so values are realistic and
+checkable independently of inference/measure.py.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.dataset import Dataset
+
+from dicom_node.uids import result_uids
+from inference.types import (
+    Box,
+    CodedConcept,
+    Detection,
+    GeometryLevel,
+    ImageMeasurements,
+    ModelIdentity,
+    Quantity,
+    QuantityKind,
+    RegionMeasurement,
+)
+from sr_writer import ResultContext, read_image_notes, read_sr, write_plain_sr, write_results, write_sr
+from sr_writer import codes as C
+
+warnings.filterwarnings("ignore", message=".*exceeds the maximum length.*")
+
+MODEL = ModelIdentity("region-detector", "1.2.0", weights_sha256="ab" * 32)
+CONCEPTS = {
+    "HEAD": CodedConcept("69536005", "SCT", "Head"),
+    "SPINE": CodedConcept("421060004", "SCT", "Spine"),
+    "CHEST": CodedConcept("816094009", "SCT", "Chest"),
+    "ABDOMEN": CodedConcept("818981001", "SCT", "Abdomen"),
+    "PELVIS": CodedConcept("816092008", "SCT", "Pelvis"),
+}
+LOCALIZER = "loc_philips_MAROTECH_CT_JP2Lossy.dcm"
+
+
+def ctx(model: ModelIdentity = MODEL) -> ResultContext:
+    return ResultContext(model=model, institution_name="Test Hospital", kinds=("sr", "sc", "gsps", "plain_sr"))
+
+
+def labelled_detections(realdata: Path, name: str, model: ModelIdentity = MODEL) -> list[Detection]:
+    """labels.json boxes of ``name`` (RG2 duplicates share the JPLL labels) as detections, score 0.9 - 0.05 i."""
+    images = {i["file"]: i for i in json.loads((realdata / "labels.json").read_text())["images"]}
+    key = "cr_wg04_RG2_hip_JPLL.dcm" if "RG2" in name else name
+    boxes = images[key]["boxes"] if key in images else []
+    return [
+        Detection(b["label"], CONCEPTS[b["label"]], 0.9 - 0.05 * i, Box.from_inclusive_centres(*b["box"]), model)
+        for i, b in enumerate(boxes)
+    ]
+
+
+def _spacing(ds: Dataset) -> tuple[float, float] | None:
+    for kw in ("PixelSpacing", "ImagerPixelSpacing"):
+        v = ds.get(kw)
+        if v is not None and len(v) == 2:
+            return float(v[0]), float(v[1])
+    return None
+
+
+def hand_measurements(ds: Dataset, detections: list[Detection]) -> ImageMeasurements:
+    """Measurements from the header's own geometry (what measure_image computes, done by hand here)."""
+    spacing = _spacing(ds)
+    patient = ds.Modality == "CT" and "ImagePositionPatient" in ds and spacing is not None
+    regions = []
+    iso = None
+    if patient:
+        ipp = np.asarray(ds.ImagePositionPatient, float)
+        row, col = np.asarray(ds.ImageOrientationPatient[:3], float), np.asarray(ds.ImageOrientationPatient[3:], float)
+        dr, dc = spacing
+
+        def lps(x: float, y: float) -> np.ndarray:
+            return ipp + (x - 0.5) * dc * row + (y - 0.5) * dr * col
+
+        iso = (0.0, float(ipp[1]) + 100.0, float(ipp[2]) - 300.0)
+    for det in detections:
+        b = det.box
+        if spacing is None:
+            regions.append(RegionMeasurement(det, (), (
+                (QuantityKind.BOX_WIDTH, "no pixel spacing in the source"),
+                (QuantityKind.ELLIPSE_AREA, "no pixel spacing in the source"),
+            )))
+            continue
+        w, h = b.width * spacing[1], b.height * spacing[0]
+        qs = [
+            Quantity(QuantityKind.BOX_WIDTH, w, "mm"),
+            Quantity(QuantityKind.BOX_HEIGHT, h, "mm"),
+            Quantity(QuantityKind.ELLIPSE_AREA, math.pi / 4 * w * h / 100.0, "cm2"),
+        ]
+        unavailable = [(QuantityKind.WATER_EQUIVALENT_DIAMETER, "no scanner calibration for this model")]
+        polygon = None
+        if patient:
+            c = lps(*b.center)
+            qs += [
+                Quantity(QuantityKind.CENTER_X, float(c[0]), "mm"),
+                Quantity(QuantityKind.CENTER_Z, float(c[2]), "mm"),
+                Quantity(QuantityKind.ISO_OFFSET_LATERAL, float(c[0] - iso[0]), "mm"),
+                Quantity(QuantityKind.ISO_OFFSET_VERTICAL, -42.5, "mm", estimated=True, uncertainty=15.0,
+                         method="frontal view: AP centre assumed at the body midline"),
+                Quantity(QuantityKind.EFFECTIVE_DIAMETER, 28.3, "cm", estimated=True),
+                Quantity(QuantityKind.SSDE_FACTOR, 1.42, "1", estimated=True),
+                Quantity(QuantityKind.DLP, 123.4, "mGy.cm", estimated=True),
+            ]
+            corners = [(b.x_min, b.y_min), (b.x_max, b.y_min), (b.x_max, b.y_max), (b.x_min, b.y_max)]
+            polygon = tuple(tuple(float(v) for v in lps(x, y)) for x, y in corners)
+        else:
+            unavailable.append((QuantityKind.ISO_OFFSET_LATERAL, "no patient frame in a radiograph"))
+            qs.append(Quantity(QuantityKind.DAP_FRACTION, 37.5, "%", estimated=True))
+        regions.append(RegionMeasurement(det, tuple(qs), tuple(unavailable), polygon))
+    level = GeometryLevel.PATIENT if patient else (GeometryLevel.DETECTOR_PLANE if spacing else GeometryLevel.PIXELS)
+    image_q = (Quantity(QuantityKind.DIAPHRAGM_Z, 1480.0, "mm", estimated=True),) if patient else ()
+    return ImageMeasurements(
+        sop_instance_uid=str(ds.SOPInstanceUID), geometry_level=level, regions=tuple(regions), view="frontal",
+        isocenter_lps_mm=iso, isocenter_source="table height (test)" if iso else "",
+        notes=("hand-made test measurements",), image_quantities=image_q,
+    )
+
+
+def roundtrip(obj: Dataset, tmp_path: Path) -> Dataset:
+    path = tmp_path / f"{obj.SOPInstanceUID}.dcm"
+    obj.save_as(path, enforce_file_format=True)
+    return pydicom.dcmread(path)
+
+
+def check_regions(read, detections, measurements):
+    assert len(read) == len(detections)
+    regions = {r.detection: r for r in measurements.regions} if measurements else {}
+    for got, det in zip(read, detections, strict=True):
+        assert got.label == det.label
+        assert got.box == det.box  # pixels: integer-valued corners survive FL (float32) exactly
+        assert got.finding_site.value == det.concept.value
+        assert got.quantities[QuantityKind.CONFIDENCE].value == pytest.approx(det.score * 100)
+        region = regions.get(det)
+        if region is None:
+            continue
+        for q in region.quantities:
+            r = got.quantities[q.kind]
+            assert r.value == pytest.approx(q.value, rel=1e-9, abs=1e-9), q.kind
+            assert r.unit == q.unit
+            assert r.estimated == q.estimated
+        for kind, reason in region.unavailable:
+            assert any(kind.value in t and reason in t for t in got.not_computed)
+        if region.polygon_lps_mm is not None:
+            # SCOORD3D coordinates are FL (float32): ~1e-4 mm resolution at 1.6 m from the origin
+            np.testing.assert_allclose(np.asarray(got.polygon_lps_mm), np.asarray(region.polygon_lps_mm), atol=1e-3)
+        else:
+            assert got.polygon_lps_mm is None
+
+
+def test_roundtrip_localizer_recovers_boxes_and_measurements(realdata_dir: Path, tmp_path: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    meas = hand_measurements(src, dets)
+    sr = roundtrip(write_sr(src, dets, meas, ctx()), tmp_path)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"
+    read = read_sr(sr)
+    check_regions(read, dets, meas)
+    # each region: own tracking UID, shared by its 2D and 3D groups; 3D polygon in the source's frame
+    assert len({r.tracking_uid for r in read}) == len(dets)
+    assert all(r.frame_of_reference_uid == src.FrameOfReferenceUID for r in read)
+    assert all(r.source_sop_instance_uid == src.SOPInstanceUID for r in read)
+    # the polygon's corners are the box corners mapped through the header geometry
+    chest = read[0]
+    ipp = np.asarray(src.ImagePositionPatient, float)
+    x0 = ipp[0] + (chest.box.x_min - 0.5) * float(src.PixelSpacing[1])
+    assert chest.polygon_lps_mm[0][0] == pytest.approx(x0, abs=1e-3)
+    notes = read_image_notes(sr)
+    assert "patient" in notes and "table height (test)" in notes
+    # vertical offset -42.5 mm: centre anterior of the isocenter -> move the patient posterior; FFS: lower the table
+    assert src.PatientPosition == "FFS"
+    assert any("42.5 mm posterior (supine: lower the table 42.5 mm)" in n for n in read[0].notes)
+
+
+def test_structure_identity_and_codes(realdata_dir: Path, tmp_path: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    c = ctx()
+    sr = roundtrip(write_sr(src, dets, hand_measurements(src, dets), c), tmp_path)
+    for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyInstanceUID", "AccessionNumber",
+               "StudyID"):
+        assert sr.get(kw) == src.get(kw), kw
+    assert sr.SeriesInstanceUID != src.SeriesInstanceUID
+    assert sr.SeriesNumber == 9901
+    eq = sr.ContributingEquipmentSequence[0]
+    assert eq.PurposeOfReferenceCodeSequence[0].CodeValue == "109102"
+    assert eq.DeviceUID == c.device_uid
+    assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == "99DCMNODE"
+    root = sr.ContentSequence
+    names = [(i.ConceptNameCodeSequence[0].CodeValue, i.ValueType) for i in root]
+    proc = [i for i in root if i.ConceptNameCodeSequence[0].CodeValue == "121058"][0]
+    assert proc.ConceptCodeSequence[0].CodeValue == "25045-6"
+    assert ("111028", "CONTAINER") in names  # image library
+    assert names[-1] == ("C0034375", "CONTAINER")  # qualitative evaluations (notes)
+    # device observer carries the Device UID; TID 4019 carries model name, version, family AI
+    flat = str(sr)
+    assert c.device_uid in flat and "Artificial Intelligence" in flat and MODEL.version in flat
+    assert "75958009" in flat  # Bounded by
+    # a changed model changes the Device UID and every result UID
+    other = ResultContext(model=ModelIdentity("region-detector", "1.2.0", weights_sha256="cd" * 32))
+    assert other.device_uid != c.device_uid
+
+
+def test_uids_deterministic(realdata_dir: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    a = write_sr(src, dets, None, ctx())
+    b = write_sr(src, dets, None, ctx())
+    expected = result_uids(src.SOPInstanceUID, MODEL.version, "sr")
+    assert a.SOPInstanceUID == b.SOPInstanceUID == expected["SOPInstanceUID"]
+    assert a.SeriesInstanceUID == expected["SeriesInstanceUID"]
+    assert [r.tracking_uid for r in read_sr(a)] == [r.tracking_uid for r in read_sr(b)]
+    newer = ModelIdentity("region-detector", "1.3.0")
+    assert write_sr(src, dets, None, ctx(newer)).SOPInstanceUID != a.SOPInstanceUID
+
+
+def test_radiograph_without_spacing_reports_pixels_and_why(realdata_dir: Path, tmp_path: Path) -> None:
+    name = "cr_fuji_chest_CR-MONO1-10-chest.dcm"
+    src = pydicom.dcmread(realdata_dir / name, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, name)
+    meas = hand_measurements(src, dets)
+    assert meas.geometry_level == GeometryLevel.PIXELS
+    sr = roundtrip(write_sr(src, dets, meas, ctx()), tmp_path)
+    (chest,) = read_sr(sr)
+    assert chest.pixel_size == (dets[0].box.width, dets[0].box.height)
+    assert QuantityKind.BOX_WIDTH not in chest.quantities
+    assert any("box size in mm" in t and "no pixel spacing" in t for t in chest.not_computed)
+    notes = read_image_notes(sr)
+    assert "pixels" in notes
+    assert any("PatientOrientation unknown" in n for n in notes)
+    proc = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"][0]
+    assert proc.ConceptCodeSequence[0].CodeValue == "43468-8"
+    # image library entry without orientation (unknown) and without spacing (unknown), never invented
+    assert "Patient Orientation Row" not in str(sr) and "Horizontal Pixel Spacing" not in str(sr)
+
+
+def test_invalid_source_values_are_dropped_and_reported_without_phi(realdata_dir: Path, tmp_path: Path) -> None:
+    name = "dx_canon_chest_PA_pydicom966_fixed.dcm"
+    src = pydicom.dcmread(realdata_dir / name, stop_before_pixels=True)
+    sr = roundtrip(write_sr(src, labelled_detections(realdata_dir, name), None, ctx()), tmp_path)
+    assert sr.AccessionNumber == "" and sr.PatientBirthDate == ""
+    assert sr.PatientID == src.PatientID and sr.StudyInstanceUID == src.StudyInstanceUID
+    notes = read_image_notes(sr)
+    assert any(n.startswith("AccessionNumber not copied") for n in notes)
+    assert not any(str(src.AccessionNumber) in n for n in notes)  # the invalid value itself is not echoed
+    # DX: imager pixel spacing and orientation come from the source
+    assert "Horizontal Pixel Spacing" in str(sr) and "Patient Orientation Row" in str(sr)
+
+
+def test_cr_pixel_spacing_used_as_imager_spacing_is_recorded(realdata_dir: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / "cr_wg04_RG2_hip_JPLL.dcm", stop_before_pixels=True)
+    sr = write_sr(src, labelled_detections(realdata_dir, "cr_wg04_RG2_hip_JPLL.dcm"), None, ctx())
+    assert any("ImagerPixelSpacing taken from the CR PixelSpacing" in n for n in read_image_notes(sr))
+
+
+def test_no_detection_still_a_valid_report(realdata_dir: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / "cr_kodak_hand_PA_Kakadu44.dcm", stop_before_pixels=True)
+    sr = write_sr(src, [], None, ctx())
+    assert read_sr(sr) == []
+    text = str(sr)
+    assert "Number of regions detected" in text
+
+
+def test_plain_sr_is_2d_only_and_names_original_source(realdata_dir: Path, tmp_path: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    meas = hand_measurements(src, dets)
+    sr = roundtrip(write_plain_sr(src, dets, meas, ctx()), tmp_path)
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.33"
+    assert "SCOORD3D" not in str(sr)
+    assert sr.SOPInstanceUID == result_uids(src.SOPInstanceUID, MODEL.version, "plain_sr")["SOPInstanceUID"]
+
+    def scoord_images(items):
+        for item in items:
+            for child in item.get("ContentSequence", []):
+                if item.ValueType == "SCOORD":
+                    yield child
+            yield from scoord_images(item.get("ContentSequence", []))
+
+    refs = list(scoord_images(sr.ContentSequence))
+    assert len(refs) == len(dets)
+    assert all(r.ConceptNameCodeSequence[0].CodeValue == "111040" for r in refs)
+    read = read_sr(sr)
+    assert [r.box for r in read] == [d.box for d in dets]
+    assert all(r.polygon_lps_mm is None for r in read)
+
+
+def test_bad_input_errors(realdata_dir: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    with pytest.raises(ValueError, match="unknown output kinds"):
+        write_results(src, dets, None, ["sr", "pdf"], ctx())
+    other = ImageMeasurements("1.2.3", GeometryLevel.PIXELS)
+    with pytest.raises(ValueError, match="another image"):
+        write_results(src, dets, other, ["sr"], ctx())
+    bad = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, (
+        RegionMeasurement(dets[0], (Quantity(QuantityKind.BOX_WIDTH, 26.0, "cm"),)),))
+    with pytest.raises(ValueError, match="in 'cm'; the SR writes it in 'mm'"):
+        write_sr(src, dets, bad, ctx())
+    broken = Dataset()
+    broken.update(src)
+    del broken.StudyInstanceUID
+    with pytest.raises(ValueError, match="lacks StudyInstanceUID"):
+        write_sr(broken, dets, None, ctx())
+    with pytest.raises(ValueError, match="unknown output kinds"):
+        ResultContext(model=MODEL, kinds=("sr", "xml"))
+
+
+def test_every_quantity_kind_has_a_concept_and_unit() -> None:
+    for kind in QuantityKind:
+        spec = C.spec_for(kind)
+        assert C.unit(spec.unit).scheme_designator == "UCUM"
+        assert C.kind_for(spec.name, spec.unit) == kind
