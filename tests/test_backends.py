@@ -186,3 +186,17 @@ def test_torch_cuda_fp16_parity(convdet: ModelCard) -> None:
     assert gpu.fp16
     b = next(iter(gpu.run(batch).values()))
     assert float(np.max(np.abs(a[:, 4:] - b[:, 4:]))) < 0.02
+
+
+@pytest.mark.slow
+def test_torch_export_program_parity(convdet: ModelCard, tmp_path: Path) -> None:
+    """A torch.export program (.pt2) runs on the torch backend with the same outputs as ONNX Runtime."""
+    torch = pytest.importorskip("torch")
+    module = factory.conv_detector_module(5)
+    batch_dim = torch.export.Dim("batch", min=1, max=64)
+    program = torch.export.export(module, (torch.zeros(2, 1, SIZE, SIZE),), dynamic_shapes=({0: batch_dim},))
+    torch.export.save(program, str(tmp_path / "convdet.pt2"))
+    x = np.random.default_rng(5).uniform(0, 1, size=(3, 1, SIZE, SIZE)).astype(np.float32)
+    a = next(iter(TorchBackend(tmp_path / "convdet.pt2", device="cpu").run(x).values()))
+    b = next(iter(OnnxRuntimeBackend(convdet.weights).run(x).values()))
+    assert float(np.max(np.abs(a - b))) < 1e-4

@@ -237,7 +237,9 @@ def test_cascade_heavy_loaded_only_when_gate_fires(models: Path) -> None:
 
 def test_gate_class_and_threshold(models: Path) -> None:
     pool = _pool(models)
-    img = factory.rect_image(640, 640, RECT)  # square: no letterbox bars, so the PELVIS box at (0, 0) is inside
+    img = factory.rect_image(
+        640, 640, RECT
+    )  # square: no letterbox bars, so the PELVIS box at (0, 0) is inside
     # the gate's PELVIS score is 0.05: gating on PELVIS at 0.5 never fires
     specs = (DetectorSpec(model="heavy", gate="gate", gate_classes=("PELVIS",), gate_threshold=0.5),)
     assert run_detectors(_ds(), specs, pool, pixels=img) == [] and not pool.is_loaded("heavy")
@@ -323,3 +325,31 @@ def test_infer_command_errors(models: Path, realdata_dir: Path, capsys: pytest.C
     assert "cannot read" in capsys.readouterr().err
     assert cli_main(["infer", str(f), "--card", str(models / "gate.yaml"), "--backend", "tpu"]) == 2
     assert "unknown backend 'tpu'" in capsys.readouterr().err
+
+
+def test_nhwc_uint8_model(tmp_path: Path) -> None:
+    """A model taking NHWC uint8 (as some exports do): layout and dtype come from the card, boxes stay exact."""
+    torch = pytest.importorskip("torch")
+    inner = factory.format_model("yolov8", 320, 320)
+
+    class Nhwc(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x: Any) -> Any:
+            return self.inner(x.permute(0, 3, 1, 2).float() / 255.0)
+
+    import warnings
+
+    path = tmp_path / "nhwc.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(Nhwc().eval(), (torch.zeros(1, 320, 320, 1, dtype=torch.uint8),), str(path), dynamo=False,
+                          input_names=["images"], output_names=["output0"], dynamic_axes={"images": {0: "b"}})  # fmt: skip
+    data = factory.card_dict(path, "yolov8", preprocessing=[{"voi": {"mode": "minmax"}}, "letterbox",
+                                                            {"normalize": {"scale": 255.0}}])  # fmt: skip
+    data["input"].update({"layout": "NHWC", "dtype": "uint8"})
+    det = Detector.from_card(load_card(factory.write_card(tmp_path, data)), "onnxruntime")
+    dets = det.detect(None, factory.rect_image(480, 640, RECT))
+    assert _boxes(dets)[0] == ("CHEST", 0.9, (100.0, 60.0, 300.0, 200.0))

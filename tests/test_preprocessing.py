@@ -282,3 +282,20 @@ def test_labelled_boxes_round_trip(realdata_dir: Path) -> None:
             x0, y0, x1, y1 = b["box"]
             corners = np.array([[x0, y0, x1 + 1.0, y1 + 1.0]])  # inclusive centres -> SCOORD corners
             np.testing.assert_allclose(t.boxes_to_original(t.boxes_to_model(corners)), corners, atol=1e-9)
+
+
+def test_crop_to_content_is_recorded_and_inverted() -> None:
+    """A radiograph with a dark collimation border: the crop is part of the transform, boxes come back exactly."""
+    img = np.zeros((600, 500), dtype=np.uint16)
+    img[50:560, 40:470] = 300  # exposed field
+    img[200:300, 100:400] = 1000  # bright object
+    card = make_card([{"voi": {"mode": "minmax"}}, {"crop_to_content": {"threshold": 0.1, "margin": 2}}, "letterbox"],
+                     256, 256)  # fmt: skip
+    prepared = preprocess(img, card)
+    assert [s.op for s in prepared.transform.steps] == ["crop", "letterbox"]
+    assert prepared.transform.steps[0].size_out == (514, 434)  # field plus the 2 px margin
+    ys, xs = np.nonzero(prepared.tensor[0] > 0.5)
+    found = np.array([[xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]], dtype=float)
+    np.testing.assert_allclose(prepared.transform.boxes_to_original(found), [[100, 200, 400, 300]], atol=2.0)
+    blank = preprocess(np.zeros((50, 60)), card)
+    assert any("crop_to_content: no pixel above" in n for n in blank.notes)
