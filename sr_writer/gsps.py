@@ -108,8 +108,8 @@ def write_gsps(
     voi = None
     if pixels is not None:
         win = choose_window(modality_values(np.asarray(pixels), ds), ds)
-        voi = [hd.pr.SoftcopyVOILUTTransformation(window_center=win.center, window_width=max(win.width, 1.0),
-                                                  window_explanation=win.source[:64])]
+        voi = [hd.pr.SoftcopyVOILUTTransformation(window_center=[win.center], window_width=[max(win.width, 1.0)],
+                                                  window_explanation=[win.source[:64]])]  # lists: highdicom splits a str
     elif "WindowCenter" not in ds or "WindowWidth" not in ds:
         raise ValueError("GSPS: the source has no valid window and no pixels were given to compute one")
     shape = "INVERSE" if str(ds.get("PhotometricInterpretation", "")) == "MONOCHROME1" else "IDENTITY"

@@ -1,0 +1,68 @@
+"""GSPS: one layer per region with the box and its label, legend layer, VOI and presentation LUT; dcmpschk."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+
+from sr_writer import write_gsps
+from sr_writer.sr import tracking
+from tests.conftest import require_tool
+from tests.test_sr import LOCALIZER, ctx, hand_measurements, labelled_detections, roundtrip
+from tests.validators import dcmpschk, dciodvfy
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+
+def test_layers_boxes_and_labels(realdata_dir: Path, tmp_path: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    pr = roundtrip(write_gsps(src, dets, hand_measurements(src, dets), ctx(), pixels=src.pixel_array), tmp_path)
+    assert pr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.1"
+    assert pr.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID == src.SOPInstanceUID
+    layers = [layer.GraphicLayer for layer in pr.GraphicLayerSequence]
+    assert layers == [f"REGION_{i}_{d.label}"[:16] for i, d in enumerate(dets, 1)] + ["LEGEND"]
+    for i, d in enumerate(dets, 1):
+        ann = [a for a in pr.GraphicAnnotationSequence if a.GraphicLayer == layers[i - 1]][0]
+        (obj,) = ann.GraphicObjectSequence
+        assert obj.GraphicType == "POLYLINE" and obj.GraphicAnnotationUnits == "PIXEL"
+        pts = np.asarray(obj.GraphicData, float).reshape(-1, 2)
+        assert pts.shape == (5, 2) and (pts[0] == pts[-1]).all()
+        assert (pts.min(0) == [d.box.x_min, d.box.y_min]).all() and (pts.max(0) == [d.box.x_max, d.box.y_max]).all()
+        assert obj.TrackingUID == tracking(src.SOPInstanceUID, ctx(), i, d.label)[1]
+        assert ann.TextObjectSequence[0].UnformattedTextValue.startswith(d.label)
+    legend = [a for a in pr.GraphicAnnotationSequence if a.GraphicLayer == "LEGEND"][0]
+    texts = [t.UnformattedTextValue for t in legend.TextObjectSequence]
+    assert any(t.startswith("CHEST") and " mm" in t and "cm2" in t for t in texts)
+    assert "isocenter" in texts
+    assert pr.PresentationLUTShape == "IDENTITY"
+    assert pr.SoftcopyVOILUTSequence[0].WindowWidth > 0
+
+
+def test_monochrome1_gets_inverse_and_percentile_window(realdata_dir: Path) -> None:
+    name = "cr_fuji_chest_CR-MONO1-10-chest.dcm"
+    src = pydicom.dcmread(realdata_dir / name)
+    pr = write_gsps(src, labelled_detections(realdata_dir, name), None, ctx(), pixels=src.pixel_array)
+    assert pr.PresentationLUTShape == "INVERSE"
+    name = "dx_rentgenprom_DX_J2K_0Padding.dcm"  # header window 2725/5310 misses the stored 32744-65535
+    src = pydicom.dcmread(realdata_dir / name)
+    pr = write_gsps(src, labelled_detections(realdata_dir, name), None, ctx(), pixels=src.pixel_array)
+    voi = pr.SoftcopyVOILUTSequence[0]
+    assert voi.WindowCenterWidthExplanation.startswith("percentile") and float(voi.WindowCenter) > 30000
+
+
+@pytest.mark.peers
+def test_dcmpschk_and_dciodvfy_accept_gsps(realdata_dir: Path, tmp_path: Path) -> None:
+    require_tool("dcmpschk")
+    require_tool("dciodvfy")
+    src = pydicom.dcmread(realdata_dir / LOCALIZER)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    path = tmp_path / "pr.dcm"
+    write_gsps(src, dets, hand_measurements(src, dets), ctx(), pixels=src.pixel_array).save_as(
+        path, enforce_file_format=True)
+    for report in (dcmpschk(path), dciodvfy(path)):
+        assert report.ok, str(report)
