@@ -137,7 +137,10 @@ def stored_pixels(ds: Dataset) -> np.ndarray:
     except ImportError:
         decode_pixels = None
     if decode_pixels is not None:
-        decoded = decode_pixels(ds)
+        try:
+            decoded = decode_pixels(ds)
+        except Exception as exc:  # UndecodableImage lists every decoder's reason
+            raise PreprocessingError(f"pixel data could not be decoded: {exc}") from None
         arr = decoded.pixels if hasattr(decoded, "pixels") else decoded
     else:
         try:
