@@ -94,6 +94,7 @@ def bench_one(card: Any, backend: str, batch: int, images: list[tuple[Any, np.nd
     per_image_ms: list[float] = []
     n_dets = 0
     k = 0
+    cpu0 = time.process_time()
     for _ in range(iterations):
         chunk = [images[(k + j) % len(images)] for j in range(batch)]
         k += batch
@@ -113,6 +114,7 @@ def bench_one(card: Any, backend: str, batch: int, images: list[tuple[Any, np.nd
         t_inf = time.perf_counter() - t
         inf_ms.append(t_inf * 1000)
         per_image_ms.append((t_pre + t_inf) * 1000 / batch)
+    cpu_ms_per_image = (time.process_time() - cpu0) * 1000 / (iterations * batch)
     det.close()
     total_s = (sum(pre_ms) + sum(inf_ms)) / 1000
     return {
@@ -129,19 +131,22 @@ def bench_one(card: Any, backend: str, batch: int, images: list[tuple[Any, np.nd
         "per_image_ms_p50": round(percentile(per_image_ms, 50), 2),
         "per_image_ms_p95": round(percentile(per_image_ms, 95), 2),
         "images_per_s": round(iterations * batch / total_s, 1),
+        "cpu_ms_per_image": round(
+            cpu_ms_per_image, 2
+        ),  # CPU time of all threads: less sensitive to other load
         "detections_per_image": round(n_dets / (iterations * batch), 2),
     }
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     head = ("| model (input) | backend | batch | preproc ms p50 / p95 | inference ms per batch p50 / p95 | "
-            "per image ms p50 / p95 | images/s |")  # fmt: skip
-    lines = [head, "|---|---|---|---|---|---|---|"]
+            "per image ms p50 / p95 | images/s | CPU ms/image |")  # fmt: skip
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| {r['model']} ({r['input']}) | {r['backend']} | {r['batch']} | {r['preprocess_ms_p50']} / "
             f"{r['preprocess_ms_p95']} | {r['inference_batch_ms_p50']} / {r['inference_batch_ms_p95']} | "
-            f"{r['per_image_ms_p50']} / {r['per_image_ms_p95']} | {r['images_per_s']} |"
+            f"{r['per_image_ms_p50']} / {r['per_image_ms_p95']} | {r['images_per_s']} | {r['cpu_ms_per_image']} |"
         )
     return "\n".join(lines)
 
@@ -182,7 +187,9 @@ def main(argv: list[str] | None = None) -> int:
         "torch": __import__("torch").__version__,
         "localizers": [f"{int(ds.Columns)}x{int(ds.Rows)}" for ds, _ in images],
         "threads": args.threads,
-        "load_average_1_5_15": [round(x, 2) for x in os.getloadavg()],  # other work on the machine skews timings
+        "load_average_1_5_15": [
+            round(x, 2) for x in os.getloadavg()
+        ],  # other work on the machine skews timings
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"environment": env, "results": rows}, indent=1))
