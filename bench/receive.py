@@ -8,7 +8,8 @@ One run measures all three receivers on the same machine with the same sender an
 * Orthanc: started on loopback ports with a temporary configuration, storage and index.
 
 Reports MB/s (10^6 bytes of DICOM files sent per second of wall time of the storescu run), images/s, the ratios of the
-node against storescp and Orthanc, and each receiver's peak RSS (VmHWM). Writes ``bench/results/receive.json``.
+node against storescp and Orthanc, each receiver's peak RSS (VmHWM) and its CPU time per image (user + system, all
+threads: steadier than wall time on a shared machine). Writes ``bench/results/receive.json``.
 
     python -m bench.receive [--count 40] [--repeats 3] [--size 2048] [--keep]
 """
@@ -60,6 +61,15 @@ def peak_rss_mb(pid: int) -> float:
     except OSError:
         pass
     return float("nan")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a live process (all its threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
 
 
 def generate(directory: Path, count: int, size: int) -> list[Path]:
@@ -121,9 +131,10 @@ class Receiver:
     def start(self, work: Path) -> None: ...
 
     def stop(self) -> float:
-        """Stop; returns peak RSS (MiB)."""
+        """Stop; returns peak RSS (MiB). ``self.cpu_s``: CPU seconds the receiver used while it ran."""
         assert self.proc is not None
         rss = peak_rss_mb(self.proc.pid)
+        self.cpu_s = cpu_seconds(self.proc.pid) - self.cpu_at_start
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(30)
@@ -134,6 +145,8 @@ class Receiver:
 
     proc: subprocess.Popen | None = None
     port = 0
+    cpu_at_start = 0.0
+    cpu_s = float("nan")
 
     def check(self, files: list[Path]) -> str:
         return ""
@@ -299,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
                 work.mkdir()
                 receiver = classes[name]()
                 receiver.start(work)
+                assert receiver.proc is not None
+                receiver.cpu_at_start = cpu_seconds(receiver.proc.pid)
                 try:
                     seconds = storescu(receiver.port, receiver.called, files)
                 finally:
@@ -307,10 +322,12 @@ def main(argv: list[str] | None = None) -> int:
                 if problem:
                     errors.append(problem)
                 mbps = total / 1e6 / seconds
+                cpu_ms = receiver.cpu_s * 1e3 / len(files)
                 runs[name].append({"seconds": seconds, "mb_per_s": mbps, "images_per_s": len(files) / seconds,
-                                   "peak_rss_mib": rss})
+                                   "peak_rss_mib": rss, "cpu_ms_per_image": cpu_ms})
                 print(f"  {name:9s} run {rep + 1}: {seconds:6.2f} s  {mbps:7.1f} MB/s  "
-                      f"{len(files) / seconds:6.2f} img/s  peak RSS {rss:6.1f} MiB", flush=True)
+                      f"{len(files) / seconds:6.2f} img/s  peak RSS {rss:6.1f} MiB  CPU {cpu_ms:5.1f} ms/img",
+                      flush=True)
                 shutil.rmtree(work, ignore_errors=True)
         summary = {}
         for name, rs in runs.items():
@@ -318,6 +335,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mb_per_s": statistics.median(r["mb_per_s"] for r in rs),
                 "images_per_s": statistics.median(r["images_per_s"] for r in rs),
                 "peak_rss_mib": max(r["peak_rss_mib"] for r in rs),
+                "cpu_ms_per_image": statistics.median(r["cpu_ms_per_image"] for r in rs),
                 "runs": rs,
             }
         ratios = {}
@@ -338,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
         print("median of", args.repeats, "runs:")
         for name, s in summary.items():
             print(f"  {name:9s} {s['mb_per_s']:7.1f} MB/s  {s['images_per_s']:6.2f} img/s  "
-                  f"peak RSS {s['peak_rss_mib']:6.1f} MiB")
+                  f"peak RSS {s['peak_rss_mib']:6.1f} MiB  CPU {s['cpu_ms_per_image']:5.1f} ms/img")
         for key, value in ratios.items():
             print(f"  {key}: {value:.2f}x")
         print(f"results: {out}")
