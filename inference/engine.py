@@ -126,9 +126,11 @@ class Detector:
     """One model, loaded once; thread-safe. Boxes come back in ORIGINAL pixels as ``inference.types.Detection``."""
 
     def __init__(
-        self, card: ModelCard, backend: Backend, *, max_batch: int = 8, max_wait_ms: float = 5.0
-    ) -> None:
+        self, card: ModelCard, backend: Backend, *, max_batch: int = 8, max_wait_ms: float = 5.0,
+        micro_batching: bool = False,
+    ) -> None:  # fmt: skip
         self.card = card
+        self.micro_batching = micro_batching  # detect() goes through the MicroBatcher unless told otherwise
         self.backend = backend
         self.identity = card.identity()
         self.max_batch = max(1, min(int(max_batch), backend.max_batch))
@@ -144,7 +146,8 @@ class Detector:
         """Load the model of a configured ``ModelSpec`` (the card is loaded and validated when not given)."""
         card = card or load_card(spec.card)
         backend = open_backend(card, spec.backend, max_batch=spec.max_batch, options=spec.options)
-        det = cls(card, backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms)
+        det = cls(card, backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms,
+                  micro_batching=bool(spec.options.get("micro_batching", False)))  # fmt: skip
         if warmup:
             det.warmup()
         return det
@@ -222,9 +225,9 @@ class Detector:
 
     def detect_prepared(
         self, prepared: Sequence[PreparedImage], *, score_threshold: float | None = None,
-        nms_iou: float | None = None, classes: Sequence[str] | None = None, use_batcher: bool = False,
+        nms_iou: float | None = None, classes: Sequence[str] | None = None, use_batcher: bool | None = None,
     ) -> list[list[Detection]]:  # fmt: skip
-        if use_batcher:
+        if self.micro_batching if use_batcher is None else use_batcher:
             futures = [self.batcher.submit(p) for p in prepared]
             raw = [f.result() for f in futures]
         else:
@@ -239,11 +242,12 @@ class Detector:
 
     def detect(
         self, ds: Dataset | None, pixels: np.ndarray | None = None, *, score_threshold: float | None = None,
-        nms_iou: float | None = None, classes: Sequence[str] | None = None, use_batcher: bool = False,
+        nms_iou: float | None = None, classes: Sequence[str] | None = None, use_batcher: bool | None = None,
     ) -> list[Detection]:  # fmt: skip
         """Detections on one image (``pixels``: its stored values when already decoded), best score first.
 
-        ``use_batcher``: go through the shared MicroBatcher, so concurrent callers share backend calls.
+        ``use_batcher``: go through the shared MicroBatcher, so concurrent callers (threads) share backend calls;
+        default: ``ModelSpec.options['micro_batching']``.
         """
         prepared = self.prepare(ds, pixels)
         return self.detect_prepared(

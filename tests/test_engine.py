@@ -353,3 +353,14 @@ def test_nhwc_uint8_model(tmp_path: Path) -> None:
     det = Detector.from_card(load_card(factory.write_card(tmp_path, data)), "onnxruntime")
     dets = det.detect(None, factory.rect_image(480, 640, RECT))
     assert _boxes(dets)[0] == ("CHEST", 0.9, (100.0, 60.0, 300.0, 200.0))
+
+
+def test_micro_batching_option_routes_detect_through_the_batcher(models: Path) -> None:
+    spec = ModelSpec(name="gate", card=str(models / "gate.yaml"), backend="onnxruntime", max_batch=4,
+                     max_wait_ms=1.0, options={"micro_batching": True})  # fmt: skip
+    det = Detector.from_spec(spec)
+    assert _boxes(det.detect(None, factory.rect_image(480, 640, RECT)))[0][0] == "CHEST"
+    assert det.batcher.batch_sizes == [1]
+    det.detect(None, factory.rect_image(480, 640, RECT), use_batcher=False)  # explicit override
+    assert det.batcher.batch_sizes == [1]
+    det.close()
