@@ -4,8 +4,9 @@ The C-STORE handler does no pixel decoding and no dataset decoding: it takes the
 walks their element structure (``spool.scan_dataset``), writes them durably with a file meta header carrying the
 negotiated transfer syntax, commits a job, and only then answers Success. Everything else happens in workers.
 
-Association policy, read from the LIVE configuration (``config_getter()``) at every association request, so a
-reload applies to the next association (bind address and port need a restart):
+Association policy, read from the LIVE configuration (``config_getter()``) at every connection and association
+request, so a reload applies to the next association (bind address and port need a restart); the ACSE, DIMSE and
+network timeouts (s) are set on each association as it is created:
 
 * called AE title must equal ``node.ae_title`` when ``require_called_ae``; else A-ASSOCIATE-RJ
   (1 rejected-permanent, 1 service-user, 7 called-AE-title-not-recognised);
@@ -116,6 +117,9 @@ class _RequestHandler(RequestHandler):
         assoc = super()._create_association()
         if type(assoc.dul.socket) is AssociationSocket:
             assoc.dul.socket.__class__ = _BulkRecvSocket
+        scp = getattr(self.server, "dicom_node_scp", None)
+        if scp is not None:  # timeouts of the live config, before the A-ASSOCIATE-RQ is awaited
+            scp._apply_timeouts(assoc)
         return assoc
 
 
@@ -164,7 +168,7 @@ class StorageSCP:
         self._lock = threading.Lock()
         self._contexts_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._contexts: list[PresentationContext] = []
-        self.stats = {"stored": 0, "failed": 0, "rejected_associations": 0, "bytes": 0}
+        self._stats = {"stored": 0, "failed": 0, "rejected_associations": 0, "bytes": 0}
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -196,11 +200,22 @@ class StorageSCP:
         thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)
         thread.start()
         ae._servers.append(server)  # as start_server does: server.shutdown() removes it again
+        server.dicom_node_scp = self
         self._server = server
         self._ae = ae
         log.info("SCP %s listening on %s:%d (%d SOP classes, %d transfer syntaxes)", node.ae_title, node.bind,
                  self.port, len(sop_classes_or_default(node.sop_classes)),
                  len(transfer_syntaxes_or_default(node.transfer_syntaxes)))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Counters since start: stored, failed (C-STORE failures), rejected_associations, bytes (spooled)."""
+        with self._lock:
+            return dict(self._stats)
+
+    def _count(self, key: str, n: int = 1) -> None:
+        with self._lock:
+            self._stats[key] += n
 
     @property
     def port(self) -> int:
@@ -240,6 +255,12 @@ class StorageSCP:
         ae.dimse_timeout = node.timeouts.dimse
         ae.network_timeout = node.timeouts.network
 
+    def _apply_timeouts(self, assoc: Any) -> None:
+        timeouts = self._config_getter().node.timeouts
+        assoc.acse_timeout = timeouts.acse
+        assoc.dimse_timeout = timeouts.dimse
+        assoc.network_timeout = timeouts.network
+
     def _supported_contexts(self, node: NodeSettings) -> list[PresentationContext]:
         key = (sop_classes_or_default(node.sop_classes), transfer_syntaxes_or_default(node.transfer_syntaxes))
         with self._lock:
@@ -253,7 +274,7 @@ class StorageSCP:
 
     def _reject(self, assoc: Any, rsd: tuple[int, int, int], why: str, calling: str, called: str) -> None:
         address = assoc.requestor.address
-        self.stats["rejected_associations"] += 1
+        self._count("rejected_associations")
         log.warning("rejected association from AE %r at %s to %r: %s (A-ASSOCIATE-RJ result=%d source=%d reason=%d)",
                     calling, address, called, why, *rsd)
         assoc.acse.send_reject(*rsd)
@@ -271,9 +292,6 @@ class StorageSCP:
         # apply the live settings to this association and the AE
         if self._ae is not None:
             self._apply_node_settings(self._ae, node)
-        assoc.acse_timeout = node.timeouts.acse
-        assoc.dimse_timeout = node.timeouts.dimse
-        assoc.network_timeout = node.timeouts.network
         self.spool.min_free_disk_mb = node.min_free_disk_mb
         self.spool.duplicate_policy = node.duplicate_policy
         if self._draining:
@@ -355,7 +373,7 @@ class StorageSCP:
         finally:
             data.release()
         if stored.duplicate == "kept":
-            self.stats["stored"] += 1
+            self._count("stored")
             return STATUS_SUCCESS
         try:
             job_id = self.queue.add_job(stored.received_object())
@@ -368,8 +386,8 @@ class StorageSCP:
         return STATUS_SUCCESS
 
     def _stored(self, stored: StoredObject, job_id: int, what: str, t0: float) -> None:
-        self.stats["stored"] += 1
-        self.stats["bytes"] += stored.size_bytes
+        self._count("stored")
+        self._count("bytes", stored.size_bytes)
         log.info("stored %s: %d bytes, job %d%s in %.1f ms", what, stored.size_bytes, job_id,
                  f" ({stored.duplicate} duplicate)" if stored.duplicate else "", (time.perf_counter() - t0) * 1e3)
         if self.on_stored is not None:
@@ -379,6 +397,6 @@ class StorageSCP:
                 log.exception("on_stored hook failed for job %d", job_id)
 
     def _fail(self, code: int, comment: str, what: str, exc: BaseException) -> Dataset:
-        self.stats["failed"] += 1
+        self._count("failed")
         log.error("C-STORE %s failed with status 0x%04X: %s", what, code, exc)
         return _status(code, comment)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import socket
 import threading
 import time
 from pathlib import Path
@@ -20,7 +21,7 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicom_node.config_schema import Caller, NodeConfig, NodeSettings
+from dicom_node.config_schema import Caller, NodeConfig, NodeSettings, Timeouts
 from dicom_node.jobqueue import JobQueue
 from dicom_node.logsafe import PhiFilter, PhiSafeFormatter, describe, redact, set_debug_phi
 from dicom_node.pipeline import ReceivedObject
@@ -204,6 +205,21 @@ def test_unconfigured_sop_class_refused_at_negotiation(node: Node, caplog: pytes
     assert "1 refused" in caplog.text and "MR Image Storage" in caplog.text
 
 
+def test_acse_and_network_timeouts_from_config(node: Node) -> None:
+    node.set_config(timeouts=Timeouts(acse=1.0, dimse=5.0, network=1.5))
+    with socket.create_connection(("127.0.0.1", node.port), timeout=10) as silent:  # never sends A-ASSOCIATE-RQ
+        t0 = time.monotonic()
+        assert silent.recv(1024) == b""  # the node hangs up
+        assert time.monotonic() - t0 < 8
+    idle = associate(node)
+    assert idle.is_established
+    deadline = time.monotonic() + 10
+    while idle.is_established and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert idle.is_aborted  # idle past the network timeout: the node aborts the association
+    assert store(node, cr_dataset()).Status == 0
+
+
 # -- C-STORE statuses -----------------------------------------------------------------------------------------
 
 
@@ -242,6 +258,8 @@ def test_malformed_datasets_get_c000_and_node_keeps_serving(node: Node, tmp_path
     assert assoc.send_c_store(raw_file(tmp_path, "good.dcm", good)).Status == 0  # same association still works
     assoc.release()
     assert len(node.spooled()) == 1 and len(node.queue.recent_jobs()) == 1
+    stats = node.scp.stats
+    assert stats["failed"] == 5 and stats["stored"] == 1 and stats["bytes"] > len(good)
     assert "Doe" not in caplog.text and "PID-4711" not in caplog.text
     assert not list(node.root.rglob("*.tmp"))
 
