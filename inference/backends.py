@@ -323,6 +323,7 @@ class TensorRTBackend(Backend):
         self.device = f"cuda:0 ({props.name})"
         if build_only:
             return
+        trt.init_libnvinfer_plugins(self.logger, "")
         runtime = trt.Runtime(self.logger)
         self.engine = runtime.deserialize_cuda_engine(blob)
         if self.engine is None:
@@ -342,6 +343,7 @@ class TensorRTBackend(Backend):
         calibration: Iterable[np.ndarray] | None, workspace_mb: int, cache_dir: Path,
     ) -> bytes:  # fmt: skip
         trt = self.trt
+        trt.init_libnvinfer_plugins(self.logger, "")  # EfficientNMS and friends, when a graph uses them
         builder = trt.Builder(self.logger)
         flags = 0
         if (
@@ -362,8 +364,10 @@ class TensorRTBackend(Backend):
         opt_profile = builder.create_optimization_profile()
         opt_profile.set_shape(inp.name, (profile[0], *chw), (profile[1], *chw), (profile[2], *chw))
         config.add_optimization_profile(opt_profile)
+        if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+            config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means IEEE fp32, not TF32 tensor-core math
         if precision == "fp16":
-            if not builder.platform_has_fast_fp16:
+            if not getattr(builder, "platform_has_fast_fp16", True):
                 log.warning("tensorrt: this GPU has no fast FP16; building FP16 anyway")
             config.set_flag(trt.BuilderFlag.FP16)
         elif precision == "int8":

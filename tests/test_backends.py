@@ -157,14 +157,14 @@ def test_tensorrt_engine_build_cache_parity(convdet: ModelCard, tmp_path: Path) 
     trt32 = TensorRTBackend(convdet, precision="fp32", max_batch=8, cache_dir=tmp_path)
     assert trt32.built and trt32.engine_path.is_file()
     out32 = next(iter(trt32.run(batch).values()))
-    assert float(np.max(np.abs(out32 - ref))) < 1e-3
+    np.testing.assert_allclose(out32, ref, rtol=1e-3, atol=1e-3)  # strict fp32 (TF32 off)
     again = TensorRTBackend(convdet, precision="fp32", max_batch=8, cache_dir=tmp_path)
     assert not again.built  # deserialised from the cache
     trt16 = TensorRTBackend(convdet, precision="fp16", max_batch=8, cache_dir=tmp_path)
     assert trt16.engine_path != trt32.engine_path
     out16 = next(iter(trt16.run(batch[:1]).values()))
-    assert float(np.max(np.abs(out16 - ref[:1]))) < 0.5  # FP16: boxes within half a pixel, scores within 0.5
-    assert float(np.max(np.abs(out16[:, 4:] - ref[:1, 4:]))) < 0.02
+    np.testing.assert_allclose(out16[:, :4], ref[:1, :4], rtol=2e-2, atol=0.5)  # FP16 boxes (pixels)
+    assert float(np.max(np.abs(out16[:, 4:] - ref[:1, 4:]))) < 0.02  # FP16 scores
 
 
 @pytest.mark.gpu
@@ -173,7 +173,7 @@ def test_onnxruntime_cuda_parity(convdet: ModelCard) -> None:
     batch = np.random.default_rng(2).uniform(0, 1, size=(2, 1, SIZE, SIZE)).astype(np.float32)
     a = next(iter(OnnxRuntimeBackend(convdet.weights).run(batch).values()))
     b = next(iter(OnnxRuntimeBackend(convdet.weights, cuda=True).run(batch).values()))
-    assert float(np.max(np.abs(a - b))) < 1e-3
+    np.testing.assert_allclose(b, a, rtol=1e-2, atol=1e-2)  # cuDNN may use TF32 tensor cores
 
 
 @pytest.mark.gpu
