@@ -68,9 +68,9 @@ class RegionShape:
 DEFAULT_REGION_MODEL: Mapping[str, RegionShape] = {
     "HEAD": RegionShape(density=0.95, centre_fraction=0.58, aspect=1.25),  # head holder lifts the head
     "CHEST": RegionShape(density=1.03, aspect=0.66, posterior_mm=25.0, bone_wepl_mm=30.0),  # cage on the back
-    "ABDOMEN": RegionShape(density=1.03, centre_fraction=0.5, aspect=0.78, bone_wepl_mm=30.0),
-    "PELVIS": RegionShape(density=1.03, centre_fraction=0.42, aspect=0.29, bone_wepl_mm=30.0),
-    "SPINE": RegionShape(density=1.03, centre_fraction=0.24, aspect=0.8, bone_wepl_mm=30.0),
+    "ABDOMEN": RegionShape(density=1.0, centre_fraction=0.5, aspect=0.78, bone_wepl_mm=30.0),
+    "PELVIS": RegionShape(density=1.0, centre_fraction=0.42, aspect=0.29, bone_wepl_mm=30.0),
+    "SPINE": RegionShape(density=1.0, centre_fraction=0.24, aspect=0.8, bone_wepl_mm=30.0),
 }
 DEFAULT_OPTIONS: Mapping[str, Any] = {
     "table_pad_mm": 40.0,  # mattress between the table top and the patient's back
