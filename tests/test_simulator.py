@@ -208,7 +208,7 @@ def test_wed_truth_is_plausible() -> None:
     eff = np.sqrt(abd.ap_mm * abd.lat_mm)
     assert 0.95 * eff < abd.wed_center_mm < 1.12 * eff  # soft tissue is ~1.06 x water, bowel gas lowers it
     # the lungs make the chest less water-equivalent per unit of size than the abdomen
-    assert chest.wed_center_mm / np.sqrt(chest.ap_mm * chest.lat_mm) < 0.95 * abd.wed_center_mm / eff
+    assert chest.wed_center_mm / np.sqrt(chest.ap_mm * chest.lat_mm) < abd.wed_center_mm / eff - 0.05
 
 
 def test_dx_geometry_and_truth() -> None:

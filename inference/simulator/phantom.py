@@ -306,14 +306,14 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     k = 1.0
     for i in range(12):
         zr = rib_top - i * 24.0 * h
-        thick = 9.0 + 0.2 * i
+        thick = 10.0 + 0.25 * i
         _, cyr, _, _ = cage_params(np.array([zr]))
         ycen = float(cyr[0])
         for side in (-1.0, 1.0):
             ph.add(
                 f"rib{i + 1}{'L' if side > 0 else 'R'}",
                 cage,
-                MU_CORTICAL - MU_SOFT - 0.004,
+                MU_CORTICAL - MU_SOFT + 0.004,
                 slabs=(
                     ((0.0, -k, 1.0), zr - k * ycen - thick, zr - k * ycen),
                     ((side, 0.0, 0.0), 0.0, 1e4),
@@ -333,11 +333,11 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     dome_l = dome_r - s.dome_right_mm
     _, ycage, _, bcage = cage_params(np.array([z(-450.0)]))
     ylung = float(ycage[0]) + 6.0
-    lung_c_z = apex - 250.0 * h
+    lung_c_z = apex - 200.0 * h
     heart = Quadric("ellipsoid", (22.0 * f, ylung - 38.0 * f, dome_l + 50.0 * h), (62.0 * f, 50.0 * f, 68.0 * h))
     lungs = []
     for side, cp, dome in ((-1.0, cp_right, dome_r), (1.0, cp_left, dome_l)):
-        lung = Quadric("ellipsoid", (side * 70.0 * f, ylung, lung_c_z), (56.0 * f * ls, 82.0 * f, 250.0 * h))
+        lung = Quadric("ellipsoid", (side * 70.0 * f, ylung, lung_c_z), (56.0 * f * ls, 82.0 * f, 200.0 * h))
         dome_shape = Quadric("ellipsoid", (side * 55.0 * f, ylung + 10.0, dome - 95.0 * h),
                              (105.0 * f, 110.0 * f, 95.0 * h))
         comp = ph.add(
@@ -397,10 +397,10 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         wing_o = Quadric("ellipsoid", wing_c, (66.0 * f * wide, 11.0, 52.0 * h), wing_rot)
         wing_i = Quadric("ellipsoid", wing_c, (60.0 * f * wide, 6.0, 46.0 * h), wing_rot)
         crest_z.append(wing_c[2] + 52.0 * h)
-        pelvis_parts.append(ph.add(f"ilium_{side:+.0f}", wing_o, MU_CORTICAL - MU_SOFT - 0.004, minus=(wing_i,)))
-        pelvis_parts.append(ph.add(f"ilium_core_{side:+.0f}", wing_i, MU_CANCELLOUS - MU_SOFT))
+        pelvis_parts.append(ph.add(f"ilium_{side:+.0f}", wing_o, MU_CORTICAL - MU_SOFT + 0.006, minus=(wing_i,)))
+        pelvis_parts.append(ph.add(f"ilium_core_{side:+.0f}", wing_i, MU_CANCELLOUS - MU_SOFT + 0.002))
         hip = np.array([side * 92.0 * f * wide, y_hip, z(-815.0)])
-        ph.add(f"acetabulum_{side:+.0f}", Quadric("ellipsoid", tuple(hip + [0, 0, 8.0]), (34.0, 30.0, 30.0)), 0.008)
+        ph.add(f"acetabulum_{side:+.0f}", Quadric("ellipsoid", tuple(hip + [0, 0, 8.0]), (34.0, 30.0, 30.0)), 0.004)
         fh = Quadric("ellipsoid", tuple(hip), (23.0 * f, 23.0 * f, 23.0 * f))
         pelvis_parts.append(ph.add(f"femoral_head_{side:+.0f}", fh, MU_CANCELLOUS - MU_SOFT + 0.004))
         troch = hip + np.array([side * 58.0 * f, 0.0, -14.0 * h])
@@ -427,27 +427,41 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     ph.regions["PELVIS"] = (pelvis_parts, (ischial, crest_hi))
     ph.regions["ABDOMEN"] = ([trunk_comp], (crest_hi, max(dome_r, dome_l)))
 
-    # bowel gas
-    for i in range(s.gas_count):
-        zc = rng.uniform(z(-790.0), z(-560.0))
+    # bowel gas: a colon frame (ascending, transverse, descending) and small-bowel loops
+    n_gas = s.gas_count
+    for i in range(n_gas * 2):
+        u = rng.random()
+        if u < 0.45:  # colon frame
+            t = rng.uniform(0.0, 3.0)
+            if t < 1.0:
+                zc, xr = z(-790.0) + t * (z(-585.0) - z(-790.0)), -0.62
+            elif t < 2.0:
+                zc, xr = z(-585.0) + rng.uniform(-15.0, 15.0), -0.62 + (t - 1.0) * 1.24
+            else:
+                zc, xr = z(-585.0) + (t - 2.0) * (z(-790.0) - z(-585.0)), 0.62
+            size = rng.uniform(10.0, 22.0)
+        else:  # small bowel
+            zc, xr = rng.uniform(z(-780.0), z(-610.0)), rng.uniform(-0.45, 0.45)
+            size = rng.uniform(4.0, 11.0)
         _, tcy, ta_, tb_ = trunk_params(np.array([zc]))
-        xc = rng.uniform(-0.55, 0.55) * float(ta_[0])
-        yc = float(tcy[0]) + rng.uniform(-0.5, 0.2) * float(tb_[0])
-        sa = rng.uniform(6.0, 24.0)
-        ph.add(f"gas{i}", Quadric("ellipsoid", (xc, yc, zc), (sa, rng.uniform(6.0, 14.0), rng.uniform(5.0, 18.0))),
-               -MU_SOFT * 0.9)
+        xc = (xr + rng.uniform(-0.06, 0.06)) * float(ta_[0])
+        yc = float(tcy[0]) + rng.uniform(-0.45, 0.1) * float(tb_[0])
+        ph.add(f"gas{i}", Quadric("ellipsoid", (xc, yc, zc), (size * rng.uniform(0.7, 1.3), size * 0.7,
+                                                              size * rng.uniform(0.6, 1.2))), -MU_SOFT * 0.9)
 
     # ---- legs -----------------------------------------------------------------------------------------------
     for side in (-1.0, 1.0):
         lz = np.array([z(-790.0), z(-1000.0), z(-1240.0), z(-1500.0)])
         la = np.array([(ta[-2] / 2.0) * 0.9, 62.0 * f + 18.0 * g, 48.0 * f + 8.0 * g, 45.0 * f + 8.0 * g])
-        lb = np.array([tb[-2] * 0.55, 62.0 * f + 20.0 * g, 50.0 * f + 8.0 * g, 45.0 * f + 8.0 * g])
+        lb = np.array([tb[-2] * 0.5, 62.0 * f + 20.0 * g, 50.0 * f + 8.0 * g, 45.0 * f + 8.0 * g])
         lx = np.array([side * ta[-2] / 2.0, side * 92.0 * f, side * 86.0 * f, side * 86.0 * f])
 
-        def leg_params(zq: np.ndarray, lz=lz, la=la, lb=lb, lx=lx) -> tuple[np.ndarray, ...]:
+        lift = np.array([0.45 * tb[-2], 0.1 * tb[-2], 0.0, 0.0])  # the thigh top starts inside the trunk
+
+        def leg_params(zq: np.ndarray, lz=lz, la=la, lb=lb, lx=lx, lift=lift) -> tuple[np.ndarray, ...]:
             a = _smooth_interp(zq, lz, la)
             b = _smooth_interp(zq, lz, lb)
-            return _smooth_interp(zq, lz, lx), -b, a, b
+            return _smooth_interp(zq, lz, lx), -b - _smooth_interp(zq, lz, lift), a, b
 
         ext = float(np.max(np.abs(lx) + la))
         leg = Swept(leg_params, (float(lz[-1]), float(lz[0])), (-ext, -2 * float(lb.max()), ext, 0.0),

@@ -88,8 +88,8 @@ def _photometric(rng: np.random.Generator, randomize: Mapping[str, Any], scale: 
     p = {
         "noise": base_noise * float(np.exp(rng.uniform(-1.5, 1.0) * st)),
         "blur_px": max(0.0, 0.6 * scale * (1.0 + rng.uniform(-0.6, 1.5) * st)),
-        "edge": max(0.0, 1.0 + rng.uniform(-1.0, 1.0) * st),
-        "edge_sigma_px": 3.0 * scale * (1.0 + rng.uniform(-0.4, 0.8) * st),
+        "edge": max(0.0, 1.8 + rng.uniform(-1.8, 1.2) * st),
+        "edge_sigma_px": 5.0 * scale * (1.0 + rng.uniform(-0.4, 0.8) * st),
         "gamma": float(np.exp(rng.uniform(-0.35, 0.35) * st)),
         "contrast": float(np.exp(rng.uniform(-0.3, 0.3) * st)),
         "invert": bool(rng.random() < 0.1 * st),
