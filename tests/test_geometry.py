@@ -266,3 +266,38 @@ def test_real_surview_notes(realdata_dir: Path) -> None:
     # the 512-column fan is centred on x = 0: the vendor convention holds across the fan
     centre = pixel_to_patient(g2, np.array([[256.0, 0.0]]))[0]
     assert centre[0] == pytest.approx(0.0, abs=0.5)
+
+
+def test_lateral_isocenter_from_the_central_ray_when_the_convention_fails() -> None:
+    # a table-based frame (Philips-like): isocenter y = 90 mm; the lateral fan is centred on it
+    ds = localizer(view="lateral", ipp=(0.0, 90.0 - 250.0, 0.0), spacing=(1.0, 0.9765625), sod=None, sid=None)
+    g = geometry_from_dataset(ds)
+    assert g.isocenter[:2] == (0.0, pytest.approx(90.0))
+    assert "central ray" in g.isocenter_source
+    assert any("vendor convention y = 0 is contradicted" in n for n in g.notes)
+
+
+def test_scanner_geometry_configuration_fills_what_the_header_lacks() -> None:
+    ds = localizer(sod=None, sid=None)
+    ds.Manufacturer = "Philips"
+    cfg = [{"match": {"Manufacturer": "philips"}, "sod_mm": 570, "sid_mm": 1040, "frontal_view_position": "PA"}]
+    g = geometry_from_dataset(ds, scanner_geometry=cfg)
+    assert g.sod_mm == 570.0 and g.sid_mm == 1040.0 and g.source_direction == (0.0, 1.0, 0.0)
+    assert any("site configuration" in n for n in g.notes)
+    # the header wins over the configuration
+    ds.DistanceSourceToPatient = 600
+    assert geometry_from_dataset(ds, scanner_geometry=cfg).sod_mm == 600.0
+    assert geometry_from_dataset(ds, scanner_geometry=[{"match": {"Manufacturer": "GE"}, "sod_mm": 1}]).sid_mm is None
+
+
+@given(st.floats(-150, 150), st.floats(-150, 150), st.floats(20, 200), st.floats(20, 150))
+def test_silhouette_inversion_round_trip(cu: float, cd: float, a: float, b: float) -> None:
+    from inference.geometry import invert_silhouette, silhouette_extents
+
+    lo, hi = silhouette_extents(cu, cd, a, b, 570.0)
+    assert lo < hi
+    cu2, a2 = invert_silhouette(lo, hi, cd, b, 570.0)
+    assert cu2 == pytest.approx(cu, abs=1e-6) and a2 == pytest.approx(a, rel=1e-6)
+    # the shadow of an ellipse nearer the source is wider (magnification monotonic in depth)
+    lo2, hi2 = silhouette_extents(cu, cd + 10.0, a, b, 570.0)
+    assert hi2 - lo2 > hi - lo
