@@ -2,8 +2,8 @@
 
 Messages are newline-separated ``KEY=VALUE`` assignments sent as one datagram to the AF_UNIX socket named by
 ``$NOTIFY_SOCKET`` (a path, or an abstract socket written with a leading ``@``). Without ``$NOTIFY_SOCKET`` (not
-started by systemd with ``Type=notify``) every call is a no-op. Errors are swallowed after one log line: a lost
-notification must never stop the node.
+started by systemd with ``Type=notify``) every call is a no-op. Sends never block (a full receiver queue drops the
+message) and errors are swallowed after one log line: a notification must never stall or stop the node.
 """
 
 from __future__ import annotations
@@ -42,8 +42,12 @@ class SdNotifier:
             try:
                 if self._sock is None:
                     self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                    self._sock.setblocking(False)  # never stall the caller (the main loop) on a slow reader
                 self._sock.sendto(payload, self._address)
                 return True
+            except BlockingIOError:
+                log.debug("sd_notify queue full: dropped %r", payload)
+                return False
             except OSError as exc:
                 if not self._warned:
                     log.warning("sd_notify to %r failed: %s", self._address, exc)

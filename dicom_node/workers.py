@@ -23,7 +23,6 @@ import ctypes
 import logging
 import multiprocessing as mp
 import os
-import queue as queue_mod
 import signal
 import threading
 import time
@@ -196,12 +195,17 @@ def _die_with_parent() -> None:
         pass
 
 
-def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: Any, work: Any) -> None:
-    """Entry point of a worker process. ``events``: mp.Queue to the pool; ``generation``: mp.Value of the
-    configuration generation; ``stop``: mp.Event (finish the current job, then exit); ``work``: mp.Event set when
-    jobs were added."""
+def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: Any) -> None:
+    """Entry point of a worker process.
+
+    IPC is private to this worker and lock-free, so a worker killed at any instant (OOM killer, kill -9) cannot
+    wedge the others or the main process: ``events`` is this worker's own pipe to the pool, ``wake`` its own pipe
+    from the pool (a byte per "jobs were queued"), ``generation`` a lock-free shared int (configuration generation,
+    written by the main process only). SIGTERM: finish the current job, then exit.
+    """
     _die_with_parent()
     parent = os.getppid()
+    stop = threading.Event()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the main process decides when to stop
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
@@ -220,7 +224,7 @@ def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: An
     spool = Spool(storage, config.node.min_free_disk_mb, config.node.duplicate_policy)
     pipelines = PipelineCache(config)
     pipelines.build_all()
-    events.put(("ready", settings.index, os.getpid(), gen, sorted(pipelines.errors.values())))
+    events.send(("ready", gen, sorted(pipelines.errors.values())))
     while not stop.is_set():
         if os.getppid() != parent:  # belt and braces beside PDEATHSIG
             return
@@ -234,13 +238,17 @@ def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: An
                 log.info("configuration generation %d loaded", gen)
             except ConfigError as exc:
                 log.error("configuration generation %d refused, keeping the previous one: %s", gen, exc)
-            events.put(("ready", settings.index, os.getpid(), gen, sorted(pipelines.errors.values())))
+            events.send(("ready", gen, sorted(pipelines.errors.values())))
         obj = queue.claim_job(name)
         if obj is None:
-            work.wait(settings.poll_s)
-            work.clear()
+            try:
+                if wake.poll(settings.poll_s):
+                    while wake.poll(0):
+                        wake.recv_bytes()
+            except (EOFError, OSError):  # the main process is gone
+                return
             continue
-        events.put(("claimed", settings.index, os.getpid(), obj.job_id))
+        events.send(("claimed", obj.job_id))
         started = time.monotonic()
         try:
             result = process_job(obj, config, pipelines, spool)
@@ -258,7 +266,7 @@ def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: An
             ",".join(result.summary.get("results", [])) or "-", len(result.outbound),
             time.monotonic() - started, f" error: {result.error}" if result.error else "",
         )
-        events.put(("finished", settings.index, os.getpid(), obj.job_id, result.status, dests))
+        events.send(("finished", obj.job_id, result.status, dests))
     queue.close()
 
 
@@ -269,13 +277,16 @@ def worker_main(settings: WorkerSettings, events: Any, generation: Any, stop: An
 class _Slot:
     index: int
     process: BaseProcess
+    events: Any  # our end of the worker's event pipe (read)
+    wake: Any  # our end of the worker's wake-up pipe (write, non-blocking)
     ready_generation: int = -1
     current_job: int | None = None
+    events_open: bool = True
     started_at: float = field(default_factory=time.monotonic)
 
 
 class WorkerPool:
-    """``n`` worker processes; call ``tick()`` regularly from the main thread (reaps, replaces, reads events).
+    """``n`` worker processes; call ``tick()`` regularly from the main thread (reads events, replaces the dead).
 
     ``on_outbound(destinations)`` is called (main thread) when a finished job queued items for those destinations.
     """
@@ -295,10 +306,7 @@ class WorkerPool:
         self.queue = queue
         self.on_outbound = on_outbound
         self._ctx = mp.get_context(start_method)
-        self._events = self._ctx.Queue()
-        self._generation = self._ctx.Value("i", 0)
-        self._stop = self._ctx.Event()
-        self._work = self._ctx.Event()
+        self._generation = self._ctx.RawValue("i", 0)  # lock-free: a killed worker cannot leave a lock held
         self._slots: dict[int, _Slot] = {}
         self._retiring: list[_Slot] = []
         self._stopping = False
@@ -306,7 +314,6 @@ class WorkerPool:
         self.jobs_finished = 0
         self.fatal = ""  # set when workers keep dying at startup: the service gives up (systemd restarts it)
         self._quick_deaths = 0
-        self._lock = threading.Lock()
 
     @property
     def generation(self) -> int:
@@ -314,23 +321,35 @@ class WorkerPool:
 
     def _spawn(self, index: int) -> _Slot:
         settings = WorkerSettings(index, self.config_path, self.storage_override)
+        events_r, events_w = self._ctx.Pipe(duplex=False)
+        wake_r, wake_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
             target=worker_main,
-            args=(settings, self._events, self._generation, self._stop, self._work),
+            args=(settings, events_w, wake_r, self._generation),
             name=f"dicom-node-worker-{index}",
             daemon=True,
         )
         proc.start()
+        events_w.close()  # only the worker holds the write end: its death reads as EOF here
+        wake_r.close()
+        os.set_blocking(wake_w.fileno(), False)  # a full wake-up pipe already means "work waiting"
         log.info("worker %d started (pid %s)", index, proc.pid)
-        return _Slot(index, proc)
+        return _Slot(index, proc, events_r, wake_w)
 
     def start(self) -> None:
         for i in range(self.size):
             self._slots[i] = self._spawn(i)
 
+    def _all_slots(self) -> list[_Slot]:
+        return list(self._slots.values()) + self._retiring
+
     def notify_work(self) -> None:
-        """Wake idle workers (a job was queued)."""
-        self._work.set()
+        """Wake idle workers (a job was queued, or the configuration changed). Never blocks."""
+        for slot in self._all_slots():
+            try:
+                slot.wake.send_bytes(b"w")  # 5 bytes: one atomic pipe write or EAGAIN
+            except (BlockingIOError, BrokenPipeError, OSError):
+                pass
 
     def ready(self) -> bool:
         """Every worker has built the pipelines of the current generation."""
@@ -343,15 +362,16 @@ class WorkerPool:
             self.tick(0.2)
             if self.ready():
                 return True
+            if self.fatal:
+                return False
             if between:
                 between()
         return self.ready()
 
     def reload(self, workers: int) -> None:
         """New configuration generation: workers re-read the file and rebuild pipelines; resize to ``workers``."""
-        with self._generation.get_lock():
-            self._generation.value += 1
-        self._work.set()
+        self._generation.value += 1
+        self.notify_work()
         new_size = max(1, int(workers))
         if new_size > self.size:
             for i in range(self.size, new_size):
@@ -361,61 +381,83 @@ class WorkerPool:
             for i in range(new_size, self.size):
                 slot = self._slots.pop(i)
                 self._retiring.append(slot)
-                if slot.process.pid:
-                    os.kill(slot.process.pid, signal.SIGTERM)  # finish the job in hand, then exit
+                self._terminate(slot)
         self.size = new_size
+
+    @staticmethod
+    def _terminate(slot: _Slot) -> None:
+        """SIGTERM: the worker finishes the job in hand, then exits."""
+        if slot.process.is_alive() and slot.process.pid:
+            try:
+                os.kill(slot.process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        try:
+            slot.wake.send_bytes(b"s")
+        except (BlockingIOError, BrokenPipeError, OSError):
+            pass
 
     def tick(self, wait_s: float = 0.0) -> None:
         """Handle worker events and replace dead workers. Main thread only (spawning sets parent-death signals)."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            timeout = max(0.0, deadline - time.monotonic())
-            try:
-                event = self._events.get(timeout=timeout) if timeout > 0 else self._events.get_nowait()
-            except (queue_mod.Empty, EOFError, OSError):
-                break
-            self._handle(event)
+        from multiprocessing.connection import wait
+
+        conns = {id(s.events): s for s in self._all_slots() if s.events_open}
+        if conns:
+            ready = wait([s.events for s in conns.values()], timeout=max(0.0, wait_s))
+            for conn in ready:
+                self._read_events(conns[id(conn)])
+        elif wait_s > 0:
+            time.sleep(wait_s)
         self._reap()
 
-    def _slot_for(self, index: int, pid: int) -> _Slot | None:
-        slot = self._slots.get(index)
-        if slot is not None and slot.process.pid == pid:
-            return slot
-        return next((s for s in self._retiring if s.process.pid == pid), None)
+    def _read_events(self, slot: _Slot) -> None:
+        try:
+            while slot.events_open and slot.events.poll(0):
+                self._handle(slot, slot.events.recv())
+        except (EOFError, OSError):  # the worker exited (or died mid-message: only its own pipe is affected)
+            slot.events_open = False
+            slot.events.close()
 
-    def _handle(self, event: tuple[Any, ...]) -> None:
-        kind, index, pid = event[0], event[1], event[2]
-        slot = self._slot_for(index, pid)
-        if slot is None:
-            return
+    def _handle(self, slot: _Slot, event: tuple[Any, ...]) -> None:
+        kind = event[0]
         if kind == "ready":
-            slot.ready_generation = int(event[3])
-            for err in event[4]:
-                log.error("worker %d: %s", index, err)
-            log.info("worker %d ready (pid %s, configuration generation %d)", index, pid, slot.ready_generation)
+            slot.ready_generation = int(event[1])
+            for err in event[2]:
+                log.error("worker %d: %s", slot.index, err)
+            log.info("worker %d ready (pid %s, configuration generation %d)", slot.index, slot.process.pid,
+                     slot.ready_generation)
         elif kind == "claimed":
-            slot.current_job = int(event[3])
+            slot.current_job = int(event[1])
         elif kind == "finished":
             slot.current_job = None
             self.jobs_finished += 1
-            dests = list(event[5])
+            dests = list(event[3])
             if dests and self.on_outbound:
                 self.on_outbound(dests)
+
+    def _close(self, slot: _Slot) -> None:
+        slot.process.join(0)
+        self._read_events(slot)  # it may have finished its job right before dying
+        if slot.events_open:
+            slot.events_open = False
+            slot.events.close()
+        slot.wake.close()
 
     def _reap(self) -> None:
         for slot in list(self._retiring):
             if not slot.process.is_alive():
-                slot.process.join(0)
+                self._close(slot)
                 self._retiring.remove(slot)
         for index, slot in list(self._slots.items()):
             proc = slot.process
-            if proc.is_alive():
+            if proc.is_alive() or proc.pid is None:
                 continue
-            proc.join(0)
-            # Drain events first: the worker may have finished its job right before dying.
-            self._drain()
+            if slot.wake.closed:
+                continue  # already handled (stopping)
+            self._close(slot)
             if slot.current_job is not None:
                 self._fail_job(slot.current_job, proc.exitcode)
+                slot.current_job = None
             if self._stopping:
                 continue
             if slot.ready_generation < 0 and time.monotonic() - slot.started_at < QUICK_DEATH_S:
@@ -430,13 +472,6 @@ class WorkerPool:
                       proc.exitcode)
             self.replaced += 1
             self._slots[index] = self._spawn(index)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._handle(self._events.get_nowait())
-            except (queue_mod.Empty, EOFError, OSError):
-                return
 
     def _fail_job(self, job_id: int, exitcode: int | None) -> None:
         from dicom_node.jobqueue import JobStateError
@@ -460,10 +495,10 @@ class WorkerPool:
     def stop(self, timeout_s: float = 30.0) -> bool:
         """Let every worker finish its current job (at most ``timeout_s``), then end them. True: all exited."""
         self._stopping = True
-        self._stop.set()
-        self._work.set()
+        slots = self._all_slots()
+        for slot in slots:
+            self._terminate(slot)
         deadline = time.monotonic() + timeout_s
-        slots = list(self._slots.values()) + self._retiring
         while time.monotonic() < deadline and any(s.process.is_alive() for s in slots):
             self.tick(0.1)
         clean = True
@@ -474,5 +509,6 @@ class WorkerPool:
                             "next start)", slot.index, timeout_s)
                 slot.process.kill()
                 slot.process.join(5)
-        self._drain()
+            if not slot.wake.closed:
+                self._close(slot)
         return clean

@@ -14,6 +14,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,7 @@ class NodeProcess:
         self.notify_path = self.workdir / "notify.sock"
         self.notify_sock: socket.socket | None = None
         self.messages: list[str] = []
+        self._reader: threading.Thread | None = None
 
     def write_config(self, text: str) -> None:
         self.config_text = text
@@ -104,6 +106,9 @@ class NodeProcess:
             self.notify_path.unlink(missing_ok=True)
             self.notify_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             self.notify_sock.bind(str(self.notify_path))
+            self.notify_sock.settimeout(0.1)
+            self._reader = threading.Thread(target=self._read_forever, daemon=True)
+            self._reader.start()  # like systemd: always reading, so the node never finds the queue full
         self.messages.clear()
         env = dict(os.environ, NOTIFY_SOCKET=str(self.notify_path), PYTHONUNBUFFERED="1", **self.extra_env)
         env.pop("JOURNAL_STREAM", None)
@@ -116,20 +121,21 @@ class NodeProcess:
         if wait_ready:
             self.wait_message("READY=1", timeout_s)
 
-    def read_messages(self, timeout_s: float = 0.0) -> list[str]:
-        """Collect sd_notify datagrams received so far (waiting up to ``timeout_s`` for the first new one)."""
-        assert self.notify_sock is not None
-        self.notify_sock.settimeout(timeout_s if timeout_s > 0 else 0.001)
-        new: list[str] = []
-        while True:
+    def _read_forever(self) -> None:
+        sock = self.notify_sock
+        while sock is not None and self.notify_sock is sock:
             try:
-                data = self.notify_sock.recv(65536)
-            except (TimeoutError, BlockingIOError):
-                break
-            new.extend(data.decode().splitlines())
-            self.notify_sock.settimeout(0.001)
-        self.messages.extend(new)
-        return new
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.messages.extend(data.decode().splitlines())
+
+    def read_messages(self, wait_s: float = 0.0) -> list[str]:
+        """The sd_notify assignments received so far (after waiting ``wait_s``)."""
+        time.sleep(wait_s)
+        return list(self.messages)
 
     def wait_message(self, prefix: str, timeout_s: float = 30.0) -> str:
         """Wait for an sd_notify assignment starting with ``prefix`` (already received ones count)."""
@@ -142,7 +148,7 @@ class NodeProcess:
                 raise AssertionError(f"node exited ({self.proc.returncode}) before {prefix}: {self.log()[-3000:]}")
             if time.monotonic() > deadline:
                 raise AssertionError(f"no {prefix} within {timeout_s} s; got {self.messages}; log: {self.log()[-3000:]}")
-            self.read_messages(0.2)
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -168,6 +174,18 @@ class NodeProcess:
         except OSError:
             return []
 
+    def workers(self) -> list[int]:
+        """PIDs of the worker processes (children started by multiprocessing's spawn, not its resource tracker)."""
+        out = []
+        for pid in self.children():
+            try:
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if b"spawn_main" in cmdline:
+                out.append(pid)
+        return out
+
     def kill9(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -192,8 +210,10 @@ class NodeProcess:
             self.proc.kill()
             self.proc.wait(10)
         if self.notify_sock is not None:
-            self.notify_sock.close()
-            self.notify_sock = None
+            sock, self.notify_sock = self.notify_sock, None
+            if self._reader is not None:
+                self._reader.join(2)
+            sock.close()
 
 
 @dataclass(frozen=True)
@@ -204,14 +224,36 @@ class StoreOutcome:
     output: str
 
 
+def storescu_args(files: list[Path], workdir: Path) -> list[str]:
+    """storescu options that propose each (SOP class, transfer syntax) of ``files`` in its own presentation
+    context (an association profile), so every file goes in its own syntax, never converted by storescu."""
+    from pydicom.filereader import read_file_meta_info
+
+    pairs = sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID))
+                    for m in (read_file_meta_info(f) for f in files)})
+    syntaxes = sorted({ts for _, ts in pairs})
+    lines = ["[[TransferSyntaxes]]"]
+    for i, ts in enumerate(syntaxes):
+        lines += [f"[TS{i}]", f"TransferSyntax1 = {ts}"]
+    lines += ["[[PresentationContexts]]", "[Files]"]
+    lines += [f"PresentationContext{n} = {sop}\\TS{syntaxes.index(ts)}" for n, (sop, ts) in enumerate(pairs, 1)]
+    lines += ["[[Profiles]]", "[Files]", "PresentationContexts = Files"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    profile = workdir / f"storescu-{os.getpid()}-{time.monotonic_ns()}.cfg"
+    profile.write_text("\n".join(lines) + "\n")
+    return ["-xf", str(profile), "Files"]
+
+
 def storescu(port: int, files: list[Path], called: str = "NODE", calling: str = "MODALITY",
              timeout_s: float = 120.0, extra: tuple[str, ...] = ()) -> StoreOutcome:
-    """Send ``files`` over one association with dcmtk storescu (-R: each file's own syntax); parse per-file status."""
+    """Send ``files`` over one association with dcmtk storescu, each in its own syntax; parse per-file status."""
     exe = require_tool("storescu")
+    profile = storescu_args(files, Path(os.environ.get("TMPDIR", "/tmp")))
     proc = subprocess.run(
-        [exe, "-v", "-R", "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
+        [exe, "-v", *profile, "-aet", calling, "-aec", called, *extra, "127.0.0.1", str(port), *map(str, files)],
         capture_output=True, text=True, timeout=timeout_s,
     )
+    Path(profile[1]).unlink(missing_ok=True)
     return parse_storescu(proc.returncode, proc.stdout + proc.stderr)
 
 

@@ -134,6 +134,20 @@ def test_notify_is_a_noop_without_socket_and_survives_a_dead_one(
     assert gone.enabled and gone.ready() is False  # logged once, never raised
 
 
+def test_notify_never_blocks_on_a_reader_that_does_not_read(tmp_path: Path) -> None:
+    """systemd reads at once; a stuck reader must not stall the node's main loop: messages are dropped instead."""
+    import time
+
+    path = tmp_path / "slow.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as server:
+        server.bind(str(path))
+        n = SdNotifier(str(path))
+        t0 = time.monotonic()
+        sent = [n.watchdog() for _ in range(2000)]
+        assert time.monotonic() - t0 < 5
+        assert sent[0] and not all(sent)  # the first went through, the overflow was dropped
+
+
 def test_watchdog_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("WATCHDOG_PID", raising=False)
     monkeypatch.delenv("WATCHDOG_USEC", raising=False)
