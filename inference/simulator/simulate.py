@@ -272,10 +272,12 @@ def simulate_case(
     profile: str | None = None,
     randomize: Mapping[str, Any] | None = None,
     size: int | None = None,
+    measure: bool = True,
 ) -> SimCase:
     """Simulate one image. ``kind``: 'ct_frontal', 'ct_lateral' or 'dx'. ``shift_mm`` = (x, y): the trunk centre
     minus the isocenter, LPS mm (CT; for DX the offset from the central ray / object plane). ``size`` = columns
-    (CT rows follow from the scan length at the same spacing; DX images are size x size)."""
+    (CT rows follow from the scan length at the same spacing; DX images are size x size). ``measure=False``
+    skips the water-equivalent diameters (``wed_*`` are None), about 20 % faster for detector training."""
     if kind not in KINDS:
         raise SimulationError(f"unknown kind {kind!r}; expected one of {', '.join(KINDS)}")
     randomize = dict(randomize or {})
@@ -284,7 +286,7 @@ def simulate_case(
     if kind == "dx":
         return _simulate_dx(seed, shift_mm, profile, randomize, size or 512)
     views = ("frontal",) if kind == "ct_frontal" else ("lateral",)
-    return _simulate_ct(seed, views, shift_mm, profile, randomize, size or 512)[0]
+    return _simulate_ct(seed, views, shift_mm, profile, randomize, size or 512, measure)[0]
 
 
 def simulate_pair(
@@ -294,9 +296,10 @@ def simulate_pair(
     profile: str | None = None,
     randomize: Mapping[str, Any] | None = None,
     size: int | None = None,
+    measure: bool = True,
 ) -> tuple[SimCase, SimCase]:
     """Frontal and lateral localizers of the same subject, table position and Frame of Reference."""
-    a, b = _simulate_ct(seed, ("frontal", "lateral"), shift_mm, profile, dict(randomize or {}), size or 512)
+    a, b = _simulate_ct(seed, ("frontal", "lateral"), shift_mm, profile, dict(randomize or {}), size or 512, measure)
     return a, b
 
 
@@ -316,6 +319,7 @@ def _simulate_ct(
     profile_name: str | None,
     randomize: dict[str, Any],
     size: int,
+    measure: bool = True,
 ) -> list[SimCase]:
     rng, ph = _subject_and_phantom(seed, randomize)
     prof: CTProfile = _pick_profile(rng, profile_name, CT_PROFILES)
@@ -352,7 +356,7 @@ def _simulate_ct(
     cases = []
     trunk_centre = placement.to_world(ref[None, :])[0]
     labels = tuple(r for r in REGIONS if r in ph.regions)
-    subject_truth = _subject_truth(ph, placement, labels, wed=True)
+    subject_truth = _subject_truth(ph, placement, labels, wed=measure)
     for view in views:
         if view == "frontal":
             vname = prof.frontal_view
