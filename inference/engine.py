@@ -52,7 +52,7 @@ class MicroBatcher(Generic[T, R]):
         self.max_wait_s = float(max_wait_ms) / 1000.0
         self._cond = threading.Condition()
         self._queue: list[tuple[T, Future[R]]] = []
-        self._first_at = 0.0
+        self._arrivals: list[float] = []  # monotonic arrival time of each queued item
         self._closed = False
         self.batch_sizes: list[int] = []  # sizes of the batches run so far (for tests and metrics)
         self._thread = threading.Thread(target=self._loop, name=name, daemon=True)
@@ -63,9 +63,8 @@ class MicroBatcher(Generic[T, R]):
         with self._cond:
             if self._closed:
                 raise RuntimeError("MicroBatcher is closed")
-            if not self._queue:
-                self._first_at = time.monotonic()
             self._queue.append((item, fut))
+            self._arrivals.append(time.monotonic())
             self._cond.notify_all()
         return fut
 
@@ -76,12 +75,11 @@ class MicroBatcher(Generic[T, R]):
         with self._cond:
             while True:
                 if self._queue:
-                    deadline = self._first_at + self.max_wait_s
+                    deadline = self._arrivals[0] + self.max_wait_s  # the oldest waiting item sets the deadline
                     now = time.monotonic()
                     if len(self._queue) >= self.max_batch or now >= deadline or self._closed:
                         batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-                        if self._queue:
-                            self._first_at = time.monotonic()
+                        del self._arrivals[: self.max_batch]
                         return batch
                     self._cond.wait(deadline - now)
                 elif self._closed:
