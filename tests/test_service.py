@@ -150,8 +150,14 @@ def test_sighup_bad_config_is_refused_good_one_swaps(
     wait_until(lambda: uid_of(files[0]) in orthanc.sop_instance_uids(), 30, "routed with the old config")
     assert echoscu(node.port, "NODE").returncode == 0
 
-    # 2. a good file: new AE title (next association) and a route that no longer matches CR (dropped)
-    new = good.replace("ae_title: NODE\n", "ae_title: NODE2\n").replace("one_of: [CR, DX, CT]", "one_of: [CT]")
+    # 2. a good file: new AE title (next association), a new port (new listener, the old one drains) and a route
+    #    that no longer matches CR (dropped)
+    from tests.orthanc import free_port
+
+    old_port, new_port = node.port, free_port()
+    new = (good.replace("ae_title: NODE\n", "ae_title: NODE2\n").replace("one_of: [CR, DX, CT]", "one_of: [CT]")
+           .replace(f"port: {old_port}\n", f"port: {new_port}\n"))
+    assert new.count(f"port: {new_port}") == 1
     node.config_path.write_text(new)
     node.messages.clear()
     node.signal(signal.SIGHUP)
@@ -159,6 +165,10 @@ def test_sighup_bad_config_is_refused_good_one_swaps(
     node.wait_message("RELOADING=1", 10)
     node.wait_message("READY=1", 10)
     node.wait_log(r"configuration generation 1 loaded", 30, count=2)  # both workers rebuilt their pipelines
+    node.wait_log(rf"listener moved to 127.0.0.1:{new_port}", 10)
+    node.port = new_port
+    node.wait_log(r"SCP stopped", 30)  # the old listener drained and closed
+    assert "Connection refused" in echoscu(old_port, "NODE2").stderr
     assert echoscu(node.port, "NODE").returncode != 0  # old called AE title rejected now
     assert echoscu(node.port, "NODE2").returncode == 0
     out = storescu(node.port, files[1:2], called="NODE2")
