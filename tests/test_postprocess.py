@@ -218,3 +218,19 @@ def test_odd_sizes_map_back_within_a_model_pixel(model_dir: Path) -> None:
         chest = next(d for d in dets if d.label == "CHEST")
         scale = 320 / max(rows, cols)
         np.testing.assert_allclose(chest.box.as_tuple(), rect, atol=1.0 / scale + 1e-6)
+
+
+def test_efficient_nms_center_coding_and_end2end() -> None:
+    out = {
+        "num_dets": np.array([[1]], dtype=np.int32),
+        "det_boxes": np.array([[[0.5, 0.5, 0.2, 0.4]]], dtype=np.float32),  # cx cy w h, normalised
+        "det_scores": np.array([[0.7]], dtype=np.float32),
+        "det_classes": np.array([[0]], dtype=np.int32),
+    }
+    (c,) = decode(out, OutputSpec("efficient_nms", box_coding="center", normalized=True), 1, (100, 200))
+    np.testing.assert_allclose(c.boxes, [[80, 30, 120, 70]], rtol=1e-6)
+    e2e = np.array([[[10, 20, 30, 40, 0.9, 2.0], [0, 0, 0, 0, 0.0, 0.0]]], dtype=np.float32)
+    (c,) = decode([e2e], OutputSpec("yolo_end2end"), 3, (100, 100))
+    assert c.class_ids.tolist() == [2, 0] and c.boxes[0].tolist() == [10, 20, 30, 40]
+    with pytest.raises(DecodeError, match="no decoder for output format 'detr'"):
+        decode([e2e], OutputSpec("detr"), 3, (100, 100))
