@@ -30,6 +30,7 @@ import numpy as np
 from inference.simulator.raycast import (
     Component,
     Quadric,
+    Rays,
     Shape,
     SlabSet,
     Swept,
@@ -338,8 +339,8 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     lungs = []
     for side, cp, dome in ((-1.0, cp_right, dome_r), (1.0, cp_left, dome_l)):
         lung = Quadric("ellipsoid", (side * 70.0 * f, ylung, lung_c_z), (56.0 * f * ls, 82.0 * f, 200.0 * h))
-        dome_shape = Quadric("ellipsoid", (side * 55.0 * f, ylung + 10.0, dome - 95.0 * h),
-                             (105.0 * f, 110.0 * f, 95.0 * h))
+        dome_shape = Quadric("ellipsoid", (side * 45.0 * f, ylung + 10.0, dome - 90.0 * h),
+                             (68.0 * f, 105.0 * f, 90.0 * h))
         comp = ph.add(
             f"lung_{'L' if side > 0 else 'R'}",
             lung,
@@ -351,6 +352,9 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         hilum = np.array([side * 35.0 * f, ylung, dome + 60.0 * h])
         _lung_vessels(ph, rng, side, hilum, lung, max(cp, dome - 20.0), 28)
     ph.add("trachea", Quadric("cylinder", (0.0, ylung - 25.0, z(-330.0)), (9.0, 9.0, 95.0 * h)), -MU_SOFT)
+    # the costophrenic angles: the lowest z where each lung (minus dome and heart) is actually present
+    cp_right = _lowest_z(lungs[0], cp_right, dome_r)
+    cp_left = _lowest_z(lungs[1], cp_left, dome_l)
     ph.landmarks.update(lung_apex=apex, cp_right=cp_right, cp_left=cp_left, dome_right=dome_r, dome_left=dome_l)
     # stomach bubble under the left dome
     ph.add("stomach_gas", Quadric("ellipsoid", (60.0 * f, ylung - 30.0, dome_l - 45.0), (32.0, 22.0, 20.0)), -MU_SOFT)
@@ -500,6 +504,18 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
                        MU_CORTICAL - MU_SOFT - 0.008)
     ph.landmarks["crotch"] = zt_bot
     return ph
+
+
+def _lowest_z(comp: Component, z_from: float, z_to: float, step: float = 0.25) -> float:
+    """Lowest z in [z_from, z_to] at which ``comp`` has any material (parallel rays along y, 1 mm apart in x)."""
+    zs = np.arange(z_from, z_to + step, step)[:, None]
+    xs = np.arange(-300.0, 300.0, 1.0)[None, :]
+    one = np.ones((1, 1))
+    rays = Rays((xs + 0 * zs, np.full((1, 1), -5000.0), zs + 0 * xs), (0 * one, one, 0 * one))
+    present = (comp.length(rays) > 1e-9).any(axis=1)
+    if not present.any():
+        raise ValueError(f"{comp.name} has no material between z={z_from:.1f} and z={z_to:.1f}")
+    return float(zs[int(np.argmax(present)), 0])
 
 
 def _segment_ellipsoid(p0: np.ndarray, p1: np.ndarray, ra: float, rb: float, overhang: float) -> Quadric:
