@@ -10,7 +10,7 @@ DEB_PACKAGES := dcmtk orthanc dicom3tools pixelmed-apps
 DEB_TOOLS := storescu echoscu storescp dsrdump dcmpschk dcmdjpeg dciodvfy DicomSRValidator
 PYTEST_ARGS ?=
 
-.PHONY: venv deps test test-fast lint demo bench bench-receive bench-e2e bench-engine bench-geometry bench-sr bench-gpu train clean
+.PHONY: venv deps test test-fast lint demo bench bench-gpu train clean
 
 venv: $(VENV)/.stamp
 
@@ -51,6 +51,10 @@ demo: venv
 
 bench: deps venv
 	$(PY) -m bench.run_all
+
+# All GPU checks and timings in one call, for a machine with an NVIDIA GPU and TensorRT.
+bench-gpu: venv
+	$(PY) -m bench.gpu_checks
 
 train: venv
 	$(VENV)/bin/dicom-node train

@@ -263,7 +263,8 @@ _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM default repertoire w
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-_BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cuda", "torch")
+# Keep in step with inference.backends.BACKENDS (tests/test_config.py checks it).
+_BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu", "torch-cuda")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BAD = object()  # marker: the value was invalid (already reported)
 

@@ -703,3 +703,11 @@ def test_check_config_warns_about_cards(tmp_path: Path, capsys: pytest.CaptureFi
         f"warning: {config}:7: routes[0].pipeline.detectors[0].classes: SPINE not among model 'reference''s "
         "classes (CHEST, HEAD, PELVIS)"
     )
+
+
+def test_config_backends_match_the_engine() -> None:
+    """Every backend the engine can open is accepted in models.<name>.backend, and no other."""
+    from dicom_node.config import _BACKENDS
+    from inference.backends import BACKENDS
+
+    assert set(_BACKENDS) == set(BACKENDS)
