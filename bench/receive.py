@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> int:
         files = generate(images, args.count, args.size)
         total = sum(p.stat().st_size for p in files)
         print(f"generated {len(files)} images, {total / 1e6:.1f} MB in {time.perf_counter() - t0:.1f} s", flush=True)
+        load_before = os.getloadavg()
         runs: dict[str, list[dict[str, float]]] = {name: [] for name in wanted}
         errors: list[str] = []
         for rep in range(args.repeats):
@@ -348,12 +349,14 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "images": len(files), "image_bytes": total // len(files), "total_bytes": total,
             "repeats": args.repeats, "machine": versions(), "receivers": summary, "ratios": ratios,
+            "load_average_1m": {"before": load_before[0], "after": os.getloadavg()[0]},
             "errors": errors,
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
         out = RESULTS / "receive.json"
         out.write_text(json.dumps(result, indent=2))
-        print("median of", args.repeats, "runs:")
+        print(f"median of {args.repeats} runs (1-min load average {load_before[0]:.1f} before, "
+              f"{os.getloadavg()[0]:.1f} after, on {os.cpu_count()} cores):")
         for name, s in summary.items():
             print(f"  {name:9s} {s['mb_per_s']:7.1f} MB/s  {s['images_per_s']:6.2f} img/s  "
                   f"peak RSS {s['peak_rss_mib']:6.1f} MiB  CPU {s['cpu_ms_per_image']:5.1f} ms/img")
