@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import signal
 import sys
 import threading
@@ -79,6 +80,26 @@ def setup_logging(level: str, debug_phi: bool) -> None:
     root.handlers[:] = [handler]
     apply_log_level(level)
     install(debug_phi=debug_phi)
+    # Library warnings (highdicom, pydicom) can quote attribute values such as a patient's name: route them through
+    # logging and blank quoted values unless debug_phi is on.
+    logging.captureWarnings(True)
+    warn_log = logging.getLogger("py.warnings")
+    if not any(isinstance(f, _QuotedValueFilter) for f in warn_log.filters):
+        warn_log.addFilter(_QuotedValueFilter())
+
+
+class _QuotedValueFilter(logging.Filter):
+    """Replaces quoted substrings of warning messages by <redacted> (they may be patient data)."""
+
+    _QUOTED = re.compile(r"(\"[^\"\n]*\"|'[^'\n]*')")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from dicom_node.logsafe import debug_phi_enabled
+
+        if not debug_phi_enabled():
+            record.msg = self._QUOTED.sub("<redacted>", record.getMessage())
+            record.args = None
+        return True
 
 
 def apply_log_level(level: str) -> None:

@@ -45,19 +45,20 @@ SOP_CLASS_KIND = {
     "1.2.840.10008.5.1.4.1.1.7.4": "sc",
 }
 SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
+COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 QUICK_DEATH_S = 30.0  # a worker dying this soon after its start, before being ready, counts as a start failure
 MAX_QUICK_DEATHS = 5
 
 
 def result_kind(ds: Any) -> str:
-    """Outbound kind of a result dataset: sr (TID 1500 SR), plain_sr (other SR), sc or gsps."""
+    """Outbound kind of a result dataset: sr (TID 1500 in Comprehensive 3D SR), plain_sr (any other SR, e.g. the
+    2D Comprehensive SR copy for viewers without SCOORD3D), sc or gsps. Unknown classes raise ValueError."""
     sop_class = str(getattr(ds, "SOPClassUID", ""))
     if sop_class in SOP_CLASS_KIND:
         return SOP_CLASS_KIND[sop_class]
+    if sop_class == COMPREHENSIVE_3D_SR:
+        return "sr"
     if sop_class.startswith(SR_PREFIX):
-        for item in getattr(ds, "ContentTemplateSequence", []) or []:
-            if str(getattr(item, "TemplateIdentifier", "")) == "1500":
-                return "sr"
         return "plain_sr"
     raise ValueError(f"result dataset of unsupported SOP class {sop_class or '(none)'}: cannot queue it")
 

@@ -239,3 +239,94 @@ def test_a_dead_worker_is_replaced_and_its_job_ends_in_error(
         assert "worker process died (killed by signal 9)" in job.error, job.error
     node.wait_log(rf"\(pid {pid}\) died with exit code -9; starting a replacement", 15)
     assert node.stop() == 0
+
+
+class LabelsPipeline:
+    """A real pipeline whose detector is the ground truth: labels.json boxes of the file, then the real measurement
+    code and the real result writers. It exercises the worker's result path without needing a trained model."""
+
+    CONCEPTS = {"HEAD": ("69536005", "Head"), "SPINE": ("421060004", "Spine"), "CHEST": ("816094009", "Chest"),
+                "ABDOMEN": ("818981001", "Abdomen"), "PELVIS": ("816092008", "Pelvis")}
+
+    def __init__(self, realdata: Path) -> None:
+        import json
+
+        self.labels = {i["file"]: i for i in json.loads((realdata / "labels.json").read_text())["images"]}
+
+    def process(self, obj, route):  # type: ignore[no-untyped-def]
+        import pydicom
+
+        from dicom_node.pipeline import PipelineOutcome
+        from inference.measure import measure_image
+        from inference.types import Box, CodedConcept, Detection, ModelIdentity
+        from sr_writer import write_results
+        from sr_writer.context import ResultContext
+
+        ds = pydicom.dcmread(obj.path)
+        model = ModelIdentity("labels", "1")
+        boxes = self.labels[Path(obj.path).name]["boxes"]
+        dets = [Detection(b["label"], CodedConcept(*self.CONCEPTS[b["label"]][:1], "SCT",
+                                                   self.CONCEPTS[b["label"]][1]),
+                          0.9, Box.from_inclusive_centres(*b["box"]), model) for b in boxes]
+        kinds = tuple(k for k in ("sr", "sc", "gsps", "plain_sr") if k in route.outputs)
+        meas = measure_image(ds, dets)
+        return PipelineOutcome(datasets=write_results(ds, dets, meas, kinds, ResultContext(model=model, kinds=kinds)),
+                               detections=dets, measurements=meas, summary={"regions": len(dets)})
+
+
+def test_worker_writes_results_atomically_and_queues_each_for_each_destination(
+    tmp_path: Path, orthanc: Orthanc, realdata_dir: Path  # noqa: F811
+) -> None:
+    """process_job with real writers: 4 result kinds + the original, written under the spool's result path, one
+    outbound item per (result, destination); then a real sender delivers them all to Orthanc, in the source study."""
+    from dicom_node.config import parse_config_text
+    from dicom_node.outbound import DestinationSender
+    from dicom_node.pipeline import ReceivedObject
+    from dicom_node.spool import Spool
+    from dicom_node.workers import PipelineCache, process_job
+
+    text = node_config(11112, tmp_path / "storage", orthanc.dicom_port, pipeline="decode").replace(
+        "    forward_original: true\n", "    forward_original: true\n    outputs: [sr, sc, gsps, plain_sr]\n")
+    config = parse_config_text(text)
+    spool = Spool(tmp_path / "storage", 0, "replace")
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    src = realdata_dir / "loc_philips_MAROTECH_CT_JP2Lossy.dcm"
+    meta = read_file_meta_info(src)
+    queue.add_job(ReceivedObject(src, str(meta.MediaStorageSOPInstanceUID), str(meta.MediaStorageSOPClassUID),
+                                 str(meta.TransferSyntaxUID), "CT1"))
+    obj = queue.claim_job("test")
+    assert obj is not None
+    built: list[str] = []
+    pipelines = PipelineCache(config, builder=lambda name, cfg: built.append(name) or LabelsPipeline(realdata_dir))
+    pipelines.build_all()
+    result = process_job(obj, config, pipelines, spool)
+    assert built == ["decode"]  # built once per configuration, not per job
+    assert result.status == "done", result.error
+    assert result.summary["results"] == ["sr", "sc", "gsps", "plain_sr"] and result.summary["route"] == "images"
+    kinds = sorted(i.kind for i in result.outbound)
+    assert kinds == ["gsps", "original", "plain_sr", "sc", "sr"]
+    for item in result.outbound:
+        assert item.destination == "pacs"
+        if item.kind == "original":
+            assert item.path == src
+            continue
+        assert item.path == spool.result_path(obj.job_id, item.kind, item.sop_instance_uid)
+        assert str(read_file_meta_info(item.path).MediaStorageSOPInstanceUID) == item.sop_instance_uid
+    assert not list(spool.results_dir.rglob("*.tmp"))
+    queue.finish_job(obj.job_id, status=result.status, summary=result.summary, outbound=result.outbound)
+
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, poll_s=0.1)
+    sender.start()
+    try:
+        wait_until(lambda: queue.outbound_summary()["pacs"]["sent"] == 5, 30, "5 items sent")
+    finally:
+        sender.stop(2)
+        sender.join(10)
+    uids = orthanc.sop_instance_uids()
+    assert set(uids) == {i.sop_instance_uid for i in result.outbound}
+    source_study = orthanc.study_of(orthanc.find_instance(str(meta.MediaStorageSOPInstanceUID))[0])["ID"]
+    modalities = set()
+    for iid in orthanc.instances():
+        assert orthanc.study_of(iid)["ID"] == source_study  # results land in the source's study
+        modalities.add(orthanc.tags(iid)["Modality"])
+    assert {"CT", "SR", "PR"} <= modalities, modalities  # source, the two SRs, the GSPS (+ the SC's modality)
