@@ -56,7 +56,9 @@ def test_end_to_end_decode_pipeline_forwards_originals(
 ) -> None:
     if importlib.util.find_spec("dicom_node.decode_pipeline") is None:
         pytest.skip("dicom_node.decode_pipeline (receive side) is not in this checkout yet")
-    node.write_config(node_config(node.port, node.storage, orthanc.dicom_port, pipeline="decode"))
+    # external: false -> no dcmtk fallback, so the hard_ file (12-bit JPEG with invalid SOS) cannot be decoded
+    node.write_config(node_config(node.port, node.storage, orthanc.dicom_port,
+                                  pipeline="{name: decode, options: {external: false}}"))
     node.start()
     out = storescu(node.port, realdata_files)  # each file in its own transfer syntax
     assert out.returncode == 0 and len(out.succeeded) == len(realdata_files), out.output[-2000:]
@@ -70,10 +72,13 @@ def test_end_to_end_decode_pipeline_forwards_originals(
     assert len(jobs) == n
     hard_uid = uid_of(next(p for p in realdata_files if p.name.startswith("hard_")))
     errors = [j for j in jobs if j.status == "error"]
-    for j in errors:
-        assert j.sop_instance_uid == hard_uid, (j.sop_instance_uid, j.error)  # only the undecodable file fails
-        assert "decode" in j.error.lower(), j.error
-    assert all(j.status == "done" for j in jobs if j.sop_instance_uid != hard_uid), [(j.status, j.error) for j in jobs]
+    assert len(errors) == 1, [(j.status, j.error) for j in jobs]  # only the undecodable file fails ...
+    assert errors[0].sop_instance_uid == hard_uid and "decod" in errors[0].error.lower(), errors[0].error
+    assert errors[0].summary.get("decoded") is False
+    assert all(j.status == "done" and j.summary.get("decoded") for j in jobs if j is not errors[0])
+    # ... and its original was forwarded all the same
+    wait_until(lambda: [r.status for r in queue.outbound_for_job(errors[0].id)] == ["sent"], 30, "hard_ forwarded")
+    assert [r.kind for r in queue.outbound_for_job(errors[0].id)] == ["original"]
     assert all(j.summary.get("route") == "images" for j in jobs)
     assert node.stop() == 0
     log = node.log()
