@@ -16,7 +16,7 @@ from inference.simulator.phantom import build_phantom, sample_subject
 from tests.conftest import require_tool
 
 # a clean rendering: no noise, blur or edge enhancement, so stored = offset + gain * P exactly
-CLEAN = {"noise": 0, "blur_px": 0.0, "edge": 0.0, "roll_deg": 0.0, "yaw_deg": 0.0}
+CLEAN = {"noise": 0, "blur_px": 0.0, "edge": 0.0, "latitude": 0.0, "roll_deg": 0.0, "yaw_deg": 0.0}
 
 
 def _dciodvfy_errors(path: Path) -> list[str]:

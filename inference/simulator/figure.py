@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw
 from inference.simulator import SimCase, simulate_case, simulate_pair
 
 REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata"
-COLOURS = {"HEAD": "red", "SPINE": "yellow", "CHEST": "cyan", "ABDOMEN": "lime", "PELVIS": "magenta"}
+COLOURS = {"HEAD": "red", "SPINE": "yellow", "CHEST": "dodgerblue", "ABDOMEN": "lime", "PELVIS": "magenta"}
 
 
 def _to_image(a: np.ndarray, mono1: bool, height: int) -> tuple[Image.Image, float]:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     out.paste(top, (0, 0))
     out.paste(bottom, (0, top.height + 10))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(args.out, optimize=True)
+    out.quantize(colors=255, method=Image.Quantize.FASTOCTREE).save(args.out, optimize=True)
     print(f"wrote {args.out}")
     return 0
 

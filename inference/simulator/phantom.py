@@ -450,8 +450,10 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         _, tcy, ta_, tb_ = trunk_params(np.array([zc]))
         xc = (xr + rng.uniform(-0.06, 0.06)) * float(ta_[0])
         yc = float(tcy[0]) + rng.uniform(-0.45, 0.1) * float(tb_[0])
-        ph.add(f"gas{i}", Quadric("ellipsoid", (xc, yc, zc), (size * rng.uniform(0.7, 1.3), size * 0.7,
-                                                              size * rng.uniform(0.6, 1.2))), -MU_SOFT * 0.9)
+        direction = rng.normal(size=3) * np.array([1.0, 0.3, 1.0])  # loops run mostly in the coronal plane
+        rot = axis_rotation(direction)
+        ph.add(f"gas{i}", Quadric("ellipsoid", (xc, yc, zc), (size * 0.6, size * 0.55, size * rng.uniform(1.0, 2.2)),
+                                  rot), -MU_SOFT * 0.9)
 
     # ---- legs -----------------------------------------------------------------------------------------------
     for side in (-1.0, 1.0):

@@ -7,12 +7,13 @@ with the requested off-centre shift, render analytic line integrals P through th
 measure the true region silhouettes and 3-D extents (``render.py``).
 
 Pixel values (before any domain-randomisation photometric change): stored = offset + gain * P' where P' is P after
-noise, blur and edge enhancement (all three preserve the integral of P over an area away from the border), so
+noise, blur, edge enhancement and latitude compression (all preserve the integral of P over the image), so
 ``truth.geometry['value_model']`` is a linear calibration of line integrals while ``params['photometric_linear']``
 is true.
 
 ``randomize`` keys (all optional): ``strength`` (0..1, scales the photometric randomisation: noise, blur, gamma,
-contrast, edge enhancement; 0 = the profile's calibrated rendering), ``arms`` ('up'|'down'|'none'), ``table``
+contrast, edge enhancement, latitude; 0 = the profile's default processing), ``latitude`` (dynamic-range
+compression amount), ``arms`` ('up'|'down'|'none'), ``table``
 (bool), ``roll_deg`` / ``yaw_deg`` (patient rotation about the long axis / in-plane tilt, degrees),
 ``protocol`` (CT scan range: 'head', 'head_neck_chest', 'chest', 'abdomen_pelvis', 'chest_abdomen_pelvis',
 'whole'), ``crop_mm`` (random extension/crop of each end of the scan range, mm), ``girth`` (0.5 thin .. 2.5 obese),
@@ -90,11 +91,13 @@ def _photometric(rng: np.random.Generator, randomize: Mapping[str, Any], scale: 
         "blur_px": max(0.0, 0.6 * scale * (1.0 + rng.uniform(-0.6, 1.5) * st)),
         "edge": max(0.0, 1.8 + rng.uniform(-1.8, 1.2) * st),
         "edge_sigma_px": 5.0 * scale * (1.0 + rng.uniform(-0.4, 0.8) * st),
+        "latitude": max(0.0, 0.35 + rng.uniform(-0.35, 0.35) * st),
+        "latitude_sigma_px": 30.0 * scale,
         "gamma": float(np.exp(rng.uniform(-0.35, 0.35) * st)),
         "contrast": float(np.exp(rng.uniform(-0.3, 0.3) * st)),
         "invert": bool(rng.random() < 0.1 * st),
     }
-    for k in ("noise", "blur_px", "edge", "gamma", "contrast", "invert"):
+    for k in ("noise", "blur_px", "edge", "latitude", "gamma", "contrast", "invert"):
         if k in randomize and randomize[k] is not None:
             p[k] = randomize[k]
     p["photometric_linear"] = bool(p["gamma"] == 1.0 and p["contrast"] == 1.0 and not p["invert"])
@@ -112,6 +115,9 @@ def _process(p_img: np.ndarray, ph: dict[str, Any], rng: np.random.Generator) ->
     if ph["edge"] > 0:
         low = ndimage.gaussian_filter(out, ph["edge_sigma_px"], mode="nearest")
         out = out + ph["edge"] * (out - low)
+    if ph["latitude"] > 0:  # dynamic-range compression: subtract part of the large-scale trend
+        trend = ndimage.gaussian_filter(out, ph["latitude_sigma_px"], mode="constant", cval=0.0)
+        out = out - ph["latitude"] * (trend - float(trend.mean()))
     return out
 
 
