@@ -108,7 +108,10 @@ def test_dead_letter_then_retry_delivers(orthanc: Orthanc, tmp_path: Path) -> No
         report = json.loads(status.stdout)
         assert report["outbound"]["pacs"]["dead"] == 4
         assert {d["sop_instance_uid"] for d in report["dead_letters"]} == {d.sop_instance_uid for d in dead}
-        text = cli("status", "--storage", str(storage))
+        from tests.node_process import node_config
+
+        (tmp_path / "node.yaml").write_text(node_config(free_port(), storage, orthanc.dicom_port))
+        text = cli("status", "--config", str(tmp_path / "node.yaml"))
         assert "pacs: pending 0, sending 0, sent 0, dead 4" in text.stdout
         assert "Calling AE Title Not Recognised" in text.stdout or "Calling AE" in text.stdout
         assert "Synthetic" not in text.stdout + status.stdout and "SYN0001" not in text.stdout + status.stdout
