@@ -24,6 +24,7 @@ def by_name(files: list[Path], name: str) -> Path:
     return next(p for p in files if p.name == name)
 
 
+@pytest.mark.peers
 def test_every_realdata_file_decodes(realdata_files: list[Path]) -> None:
     require_tool("dcmdjpeg")
     for path in realdata_files:
@@ -37,6 +38,7 @@ def test_every_realdata_file_decodes(realdata_files: list[Path]) -> None:
         assert image.decoder_used.startswith(expected), (path.name, image.decoder_used)
 
 
+@pytest.mark.peers
 def test_hard_file_via_dcmdjpeg_matches_the_lossless_copy(realdata_files: list[Path]) -> None:
     require_tool("dcmdjpeg")
     hard = decode_pixels(by_name(realdata_files, HARD))
@@ -124,6 +126,7 @@ def test_number_of_frames_is_honoured(tmp_path: Path, ts: str) -> None:
         decode_pixels(path, frame=3)
 
 
+@pytest.mark.peers
 def test_bad_inputs_raise_clear_errors(tmp_path: Path, realdata_files: list[Path]) -> None:
     text = tmp_path / "notes.txt"
     text.write_text("not dicom")

@@ -280,6 +280,37 @@ def test_duplicate_policies_over_the_wire(node: Node, policy: str) -> None:
         assert status.Status == 0x0111 and stored_name == "First^One" and len(jobs) == 1
 
 
+def test_concurrent_associations_store_everything(node: Node) -> None:
+    node.set_config(max_associations=8)
+    statuses: list[int] = []
+    lock = threading.Lock()
+
+    def sender(k: int) -> None:
+        assoc = associate(node, calling=f"MOD{k}")
+        assert assoc.is_established
+        for i in range(10):
+            ds = cr_dataset(f"1.2.3.{k}.{i}")
+            ds.PixelData = bytes([k, i]) * (600_000 + 1000 * i)  # ~1.2 MB: the direct I/O path
+            ds.Rows, ds.Columns = 600 + i, 1000
+            status = assoc.send_c_store(ds).Status
+            with lock:
+                statuses.append(status)
+        assoc.release()
+
+    threads = [threading.Thread(target=sender, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert statuses == [0] * 40
+    jobs = node.queue.recent_jobs(100)
+    assert len(jobs) == 40 and len({j.sop_instance_uid for j in jobs}) == 40
+    for obj in node.stored:
+        k, i = map(int, obj.sop_instance_uid.split(".")[-2:])
+        raw = obj.path.read_bytes()
+        assert raw.endswith(bytes([k, i]) * (600_000 + 1000 * i)), obj.sop_instance_uid
+
+
 def test_failing_on_stored_hook_does_not_fail_the_store(node: Node) -> None:
     def boom(obj: ReceivedObject) -> None:
         raise RuntimeError("hook broke")
