@@ -410,6 +410,7 @@ class DestinationSender(threading.Thread):
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._flush_deadline: float | None = None
+        self._paused_until = 0.0  # monotonic; set when a whole batch failed at association level
         self.sent = 0
         self.retried = 0
         self.dead = 0
@@ -441,6 +442,15 @@ class DestinationSender(threading.Thread):
                 self._wait()
                 continue
             warned_missing = False
+            paused = self._paused_until - time.monotonic()
+            if paused > 0:  # the destination itself failed: one association attempt per backoff period
+                if stopping:
+                    log.info("sender %s: destination unreachable; queued items wait for the next start",
+                             self.destination)
+                    return
+                self._wake.wait(min(self.poll_s, paused))
+                self._wake.clear()
+                continue
             try:
                 did = self.run_once(queue, dest)
             except Exception:  # keep the sender alive: log and back off
@@ -467,8 +477,24 @@ class DestinationSender(threading.Thread):
         if not rows:
             return 0
         timeouts = self._config_getter().node.timeouts
-        store_files(dest, [Path(r.path) for r in rows], timeouts,
-                    on_result=lambda i, res: self._record(queue, dest, rows[i], res))
+        recorded: dict[int, StoreResult] = {}
+
+        def on_result(i: int, res: StoreResult) -> None:
+            self._record(queue, dest, rows[i], res)
+            recorded[i] = res
+
+        try:
+            store_files(dest, [Path(r.path) for r in rows], timeouts, on_result=on_result)
+        finally:  # never leave a claimed item in 'sending' (it would wait for a restart)
+            for i, row in enumerate(rows):
+                if i not in recorded:
+                    try:
+                        queue.mark_retry(row.id, "internal error while sending", self._clock() + dest.retry.initial_delay_s)
+                    except Exception:
+                        log.exception("sender %s: cannot requeue item %s", self.destination, row.id)
+        if recorded and all(r.outcome is Outcome.TRANSIENT and r.status is None for r in recorded.values()):
+            fewest = min(int(r.attempts) for r in rows) + 1
+            self._paused_until = time.monotonic() + next_delay_s(dest.retry, fewest)
         return len(rows)
 
     def _record(self, queue: OutboundQueue, dest: Destination, row: Any, res: StoreResult) -> None:

@@ -197,3 +197,35 @@ def test_sender_backs_off_while_pacs_is_down_then_delivers(
     assert queue.outbound_summary()["pacs"] == {"pending": 0, "sending": 0, "sent": 5, "dead": 0}
     events = orthanc.store_events()
     assert sorted(events.values()) == [1] * 5  # each delivered exactly once
+
+
+def test_unreachable_destination_gets_one_association_attempt_per_backoff_period(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Four due items in batches of one, nothing listening: the sender does not dial four times in a row; it waits
+    out the backoff between association attempts (and a stop while unreachable returns at once)."""
+    import logging
+
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.outbound import DestinationSender
+    from tests.node_process import make_small_images
+    from tests.test_admin import config_for, queue_files
+
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    queue_files(queue, make_small_images(tmp_path / "in", 4), "pacs")
+    dest = Destination(name="pacs", ae_title="ORTHANC", host="127.0.0.1", port=free_port(), calling_ae="NODE",
+                       retry=RetryPolicy(initial_delay_s=0.5, max_delay_s=0.5, multiplier=2, max_attempts=100))
+    config = config_for(dest)
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, batch_size=1, poll_s=0.05)
+    caplog.set_level(logging.WARNING, logger="dicom_node.outbound")
+    sender.start()
+    time.sleep(1.3)
+    t0 = time.monotonic()
+    sender.stop(30)
+    sender.join(10)
+    assert time.monotonic() - t0 < 1.0  # no flush attempts against an unreachable destination
+    times = [r.created for r in caplog.records if "outbound retry" in r.getMessage()]
+    assert 2 <= len(times) <= 4, len(times)  # t = 0, 0.5, 1.0 (not 4 at once, then again every 0.5 s)
+    gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
+    assert all(g >= 0.45 for g in gaps), gaps
+    assert queue.outbound_summary()["pacs"]["sending"] == 0
