@@ -175,6 +175,24 @@ class Swept(Shape):
     z_range: tuple[float, float]
     xy_bounds: tuple[float, float, float, float]
     y_ref: float = 0.0
+    table_step: float = 0.25  # mm: params are tabulated once and interpolated linearly (error << 0.01 mm)
+
+    @cached_property
+    def _table(self) -> tuple[float, np.ndarray]:
+        z0, z1 = self.z_range
+        n = int(np.ceil((z1 - z0) / self.table_step)) + 2
+        zs = z0 + np.arange(n) * self.table_step
+        cx, cy, a, b = self.params(zs)
+        return z0, np.stack([np.broadcast_to(v, zs.shape) for v in (cx, cy, a, b)]).astype(np.float32)
+
+    def lookup(self, z: Array) -> tuple[Array, Array, Array, Array]:
+        """(cx, cy, a, b) at z from the table (a = 0 outside the z-range)."""
+        z0, tab = self._table
+        u = (np.asarray(z, np.float32) - np.float32(z0)) / np.float32(self.table_step)
+        i = np.clip(np.floor(u), 0, tab.shape[1] - 2).astype(np.intp)
+        f = np.clip(u - i, 0.0, 1.0).astype(np.float32)
+        out = [tab[k, i] * (1 - f) + tab[k, i + 1] * f for k in range(4)]
+        return out[0], out[1], out[2], out[3]
 
     def interval(self, rays: Rays) -> tuple[Array, Array]:
         ox, oy, oz = rays.o
@@ -186,7 +204,7 @@ class Swept(Shape):
                 tr = np.where(np.asarray(dy) != 0, (self.y_ref - oy) / dy, 0.0)
             z = oz + tr * dz
         dt = np.result_type(np.asarray(ox).dtype, np.asarray(dx).dtype)
-        cx, cy, a, b = (np.asarray(v, dt) for v in self.params(z))
+        cx, cy, a, b = (np.asarray(v, dt) for v in self.lookup(z))
         present = (a > 0) & (z >= self.z_range[0]) & (z <= self.z_range[1])
         a = np.where(present, a, 1.0)
         b = np.where(present, b, 1.0)

@@ -115,8 +115,14 @@ def _process(p_img: np.ndarray, ph: dict[str, Any], rng: np.random.Generator) ->
     if ph["edge"] > 0:
         low = ndimage.gaussian_filter(out, ph["edge_sigma_px"], mode="nearest")
         out = out + ph["edge"] * (out - low)
-    if ph["latitude"] > 0:  # dynamic-range compression: subtract part of the large-scale trend
-        trend = ndimage.gaussian_filter(out, ph["latitude_sigma_px"], mode="constant", cval=0.0)
+    if ph["latitude"] > 0:  # dynamic-range compression: subtract part of the large-scale trend (any smooth trend
+        # with its mean removed keeps the image integral); the trend is computed on a 4x block-averaged image
+        k = 4
+        h, w = (out.shape[0] // k) * k, (out.shape[1] // k) * k
+        small = out[:h, :w].reshape(h // k, k, w // k, k).mean(axis=(1, 3))
+        small = ndimage.gaussian_filter(small, ph["latitude_sigma_px"] / k, mode="constant", cval=0.0)
+        trend = ndimage.zoom(small, (out.shape[0] / small.shape[0], out.shape[1] / small.shape[1]), order=1,
+                             mode="nearest")
         out = out - ph["latitude"] * (trend - float(trend.mean()))
     return out
 
