@@ -192,7 +192,10 @@ class Node:
         if self._stop.is_set():
             return self.shutdown()
         if not ready:
-            log.error("workers did not become ready within %.0f s; stopping", self.ready_timeout_s)
+            if self.pool.fatal:
+                log.error("stopping: %s", self.pool.fatal)
+            else:
+                log.error("workers did not become ready within %.0f s; stopping", self.ready_timeout_s)
             self.shutdown()
             return 1
         self.notifier.ready(self._status_line())
@@ -325,7 +328,10 @@ class Node:
         out = self.queue.outbound_summary() if self.queue is not None else {}
         pending = sum(c["pending"] + c["sending"] for c in out.values())
         dead = sum(c["dead"] for c in out.values())
-        port = self.scp.port if self.scp is not None and self.scp._server is not None else "-"
+        try:
+            port: object = self.scp.port if self.scp is not None else "-"
+        except RuntimeError:  # not listening (stopped)
+            port = "-"
         return (
             f"port {port}; workers {self.pool.alive() if self.pool else 0}/{self.pool.size if self.pool else 0}; "
             f"jobs pending {counts.get('pending', 0)} running {counts.get('running', 0)} done {counts.get('done', 0)} "
