@@ -153,6 +153,16 @@ class Quadric(Shape):
             t0, t1 = apply_slabs(local, slabs, t0, t1)
         return t0, t1
 
+    def world_aabb(self, a: Array, t: Array) -> tuple[Array, Array]:
+        """Exact axis-aligned box of the (unclipped) quadric after ``world = a @ body + t``."""
+        m = np.asarray(a, float) @ (np.asarray(self.rot, float) * np.asarray(self.semi, float)[None, :])
+        if self.kind == "cylinder":
+            half = np.sqrt((m[:, 0:2] ** 2).sum(axis=1)) + np.abs(m[:, 2])
+        else:
+            half = np.sqrt((m**2).sum(axis=1))
+        c = np.asarray(a, float) @ np.asarray(self.center, float) + np.asarray(t, float)
+        return c - half, c + half
+
     def aabb(self) -> tuple[Array, Array]:
         r = np.asarray(self.rot, float) * np.asarray(self.semi, float)[None, :]
         if self.kind == "cylinder":

@@ -49,6 +49,7 @@ from inference.simulator.projection import (
     OrthoSlices,
     Placement,
 )
+from inference.simulator.raycast import Quadric
 from inference.simulator.render import line_integrals, silhouette_box
 from inference.simulator.truth import RegionTruth, SimCase, SimTruth
 from inference.types import Box
@@ -145,6 +146,21 @@ def _region_3d(
 ) -> tuple[tuple[float, float, float], tuple[float, float, float]] | None:
     """True 3-D extent (world LPS mm) from orthographic silhouettes (x and z from a frontal view, y lateral)."""
     comps, (z0, z1) = ph.regions[label]
+    # unclipped quadrics inside the region's z-limits have an exact analytic box; the rest is measured
+    lo_a = np.full(3, np.inf)
+    hi_a = np.full(3, -np.inf)
+    numeric = []
+    for c in comps:
+        q = c.shape
+        if isinstance(q, Quadric) and not q.local_slabs and not c.slabs and not c.minus:
+            lo, hi = q.world_aabb(placement.matrix, np.asarray(placement.t))
+            if lo[2] - placement.t[2] >= z0 and hi[2] - placement.t[2] <= z1:
+                lo_a, hi_a = np.minimum(lo_a, lo), np.maximum(hi_a, hi)
+                continue
+        numeric.append(c)
+    if not numeric:
+        return tuple(float(v) for v in lo_a), tuple(float(v) for v in hi_a)  # type: ignore[return-value]
+    comps = numeric
     zw0, zw1 = _world_z_range((z0, z1), placement)
     t = placement.t
     spacing = 4.0
@@ -162,7 +178,9 @@ def _region_3d(
         zb = geom.first[1] - (box[3] - 0.5) * spacing
         out.append((u0, u1, zb, zt))
     (x0, x1, zb, zt), (y0, y1, _, _) = out
-    return (x0, y0, zb), (x1, y1, zt)
+    lo_n = np.minimum(lo_a, [x0, y0, zb])
+    hi_n = np.maximum(hi_a, [x1, y1, zt])
+    return tuple(float(v) for v in lo_n), tuple(float(v) for v in hi_n)  # type: ignore[return-value]
 
 
 def _wed_many(ph: Phantom, placement: Placement, z_body: list[float]) -> list[float]:
