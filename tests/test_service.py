@@ -340,3 +340,26 @@ def test_worker_writes_results_atomically_and_queues_each_for_each_destination(
         assert orthanc.study_of(iid)["ID"] == source_study  # results land in the source's study
         modalities.add(orthanc.tags(iid)["Modality"])
     assert {"CT", "SR", "PR"} <= modalities, modalities  # source, the two SRs, the GSPS (+ the SC's modality)
+
+
+def test_pipeline_that_cannot_be_built_fails_its_jobs_not_the_worker(
+    node: NodeProcess, orthanc: Orthanc, tmp_path: Path  # noqa: F811
+) -> None:
+    """A model card that does not load: the reference pipeline cannot be built; every job of that route ends in error
+    with the reason, the workers stay up, and the original is still forwarded."""
+    if importlib.util.find_spec("inference.reference_pipeline") is None:
+        pytest.skip("inference.reference_pipeline is not in this checkout yet")
+    (node.workdir / "broken.yaml").write_text("name: broken\n")  # a card without weights, classes or input size
+    text = node_config(node.port, node.storage, orthanc.dicom_port,
+                       pipeline="{name: reference, detectors: [{model: broken}]}")
+    node.write_config(text.replace("routes:\n", "models:\n  broken:\n    card: broken.yaml\nroutes:\n"))
+    node.start()
+    files = make_small_images(tmp_path / "in", 2)
+    assert len(storescu(node.port, files).succeeded) == 2
+    queue = JobQueue(node.storage / "queue.sqlite3")
+    wait_until(lambda: queue.job_counts()["error"] == 2, 60, "both jobs in error")
+    for job in queue.recent_jobs(2):
+        assert "pipeline 'reference' could not be built" in job.error, job.error
+    wait_until(lambda: {uid_of(f) for f in files} <= set(orthanc.sop_instance_uids()), 30, "originals forwarded")
+    assert len(node.workers()) == 2 and "died" not in node.log()
+    assert node.stop() == 0
