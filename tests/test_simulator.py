@@ -184,6 +184,40 @@ def test_lateral_shift_magnifies_as_fan_beam_predicts() -> None:
     assert near.truth.region("ABDOMEN").box_px.width / abd.box_px.width == pytest.approx(ratio, rel=0.01)
 
 
+@pytest.mark.parametrize(("profile", "kind"), [("siemens", "ct_frontal"), ("philips", "ct_frontal"),
+                                               ("canon", "ct_lateral"), ("ge", "ct_lateral")])
+def test_header_geometry_maps_truth_into_the_box(profile: str, kind: str) -> None:
+    """Using only the header (IPP, IOP, Pixel Spacing) plus the profile's SOD, the 3-D centre of a symmetric
+    region projects to the centre of its truth box (fan-beam magnification at the isocenter plane)."""
+    case = simulate_case(31, kind=kind, profile=profile, size=256, shift_mm=(35.0, -25.0),
+                         randomize={"roll_deg": 0.0, "yaw_deg": 0.0, "protocol": "abdomen_pelvis", "crop_mm": 0.0})
+    ds, g = case.dataset, case.truth.geometry
+    ipp = [float(v) for v in ds.ImagePositionPatient]
+    iop = [float(v) for v in ds.ImageOrientationPatient]
+    dz, du = (float(v) for v in ds.PixelSpacing)
+    sod = g["sod_mm"]
+    frontal = iop[:3] == [1.0, 0.0, 0.0]
+    view = case.truth.projection
+    iso_x, iso_y = (0.0, ipp[1]) if frontal else (ipp[0], 0.0)  # the image plane passes through the isocenter
+    if not frontal:
+        iso_y = g["isocenter_lps_mm"][1]  # lateral images do not carry the isocenter's y; the truth does
+    r = case.truth.region("ABDOMEN")
+    assert r is not None
+    cx, cy, cz = r.center_lps_mm
+    if frontal:
+        depth = (iso_y - cy) if view == "AP" else (cy - iso_y)
+        u = iso_x + (cx - iso_x) * sod / (sod - depth)
+        x_px = (u - ipp[0]) / du + 0.5
+    else:
+        depth = (iso_x - cx) if view == "LAT_R" else (cx - iso_x)
+        v = iso_y + (cy - iso_y) * sod / (sod - depth)
+        x_px = (v - ipp[1]) / du + 0.5
+    y_px = (ipp[2] - cz) / dz + 0.5
+    b = r.box_px
+    assert x_px == pytest.approx(b.center[0], abs=1.5)  # a symmetric outline: silhouette centre ~ centre
+    assert y_px == pytest.approx(b.center[1], abs=1.0 / 32)  # rows are exact in z (edges refined to 1/32 px)
+
+
 def test_isocenter_offsets_follow_the_requested_shift() -> None:
     front, lat = simulate_pair(14, shift_mm=(30.0, -20.0), profile="ge", size=96,
                                randomize={"roll_deg": 0.0, "yaw_deg": 0.0})

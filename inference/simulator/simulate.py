@@ -17,7 +17,7 @@ compression amount), ``arms`` ('up'|'down'|'none'), ``table``
 (bool), ``roll_deg`` / ``yaw_deg`` (patient rotation about the long axis / in-plane tilt, degrees),
 ``protocol`` (CT scan range: 'head', 'head_neck_chest', 'chest', 'abdomen_pelvis', 'chest_abdomen_pelvis',
 'whole'), ``crop_mm`` (random extension/crop of each end of the scan range, mm), ``girth`` (0.5 thin .. 2.5 obese),
-``invert`` (bool: stored values inverted, header unchanged), ``gamma``, ``contrast``, ``noise`` (photons per
+``invert`` (bool: stored values inverted, header unchanged), ``table_half_width`` (mm, default 170-235), ``gamma``, ``contrast``, ``noise`` (photons per
 unattenuated ray), ``blur_px``, ``edge`` (unsharp amount), ``collimation`` (DX: field size fraction 0.5..1),
 ``exam`` (DX: 'chest' | 'abdomen' | 'pelvis'), ``shift_range`` (mm, when shift_mm is None), ``z_offset`` (CT
 table position of the vertex, mm).
@@ -375,7 +375,8 @@ def _simulate_ct(
     z_off = float(_opt(randomize, "z_offset", rng.uniform(-400.0, 1700.0)))
     placement = Placement.make(roll, float(np.tan(yaw)), ref, np.array([x_iso + sx, y_iso + sy, ref[2] + z_off]))
     y_table = y_iso + th
-    world = table_components(y_table, pad=MATTRESS_MM) if table else []
+    table_half_width = float(_opt(randomize, "table_half_width", rng.uniform(170.0, 235.0)))
+    world = table_components(y_table, half_width=table_half_width, pad=MATTRESS_MM) if table else []
 
     du = prof.fov / size
     dz = du * prof.row_spacing_factor
@@ -412,6 +413,7 @@ def _simulate_ct(
             "table_top_y_mm": y_table,
             "mattress_mm": MATTRESS_MM,
             "table_present": table,
+            "table_half_width_mm": table_half_width,
             "pixel_spacing_mm": [dz, du],
             "pixel_spacing_plane": "isocenter",
             "image_position_mm": list(first),
