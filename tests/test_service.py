@@ -347,8 +347,6 @@ def test_pipeline_that_cannot_be_built_fails_its_jobs_not_the_worker(
 ) -> None:
     """A model card that does not load: the reference pipeline cannot be built; every job of that route ends in error
     with the reason, the workers stay up, and the original is still forwarded."""
-    if importlib.util.find_spec("inference.reference_pipeline") is None:
-        pytest.skip("inference.reference_pipeline is not in this checkout yet")
     (node.workdir / "broken.yaml").write_text("name: broken\n")  # a card without weights, classes or input size
     text = node_config(node.port, node.storage, orthanc.dicom_port,
                        pipeline="{name: reference, detectors: [{model: broken}]}")
