@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.interpolate import PchipInterpolator
 
 from inference.simulator.raycast import (
     Component,
@@ -124,15 +125,11 @@ _CAGE = np.array(
 
 
 def _smooth_interp(zq: np.ndarray, zs: np.ndarray, vs: np.ndarray) -> np.ndarray:
-    """Monotone-ish smooth interpolation (smoothstep between control points); zs descending."""
-    z = np.asarray(zq, float)
-    zs_a = zs[::-1]
-    vs_a = vs[::-1]
-    i = np.clip(np.searchsorted(zs_a, z) - 1, 0, len(zs_a) - 2)
-    z0, z1 = zs_a[i], zs_a[i + 1]
-    u = np.clip((z - z0) / (z1 - z0), 0.0, 1.0)
-    u = u * u * (3 - 2 * u)
-    return vs_a[i] + (vs_a[i + 1] - vs_a[i]) * u
+    """Smooth, shape-preserving (PCHIP: monotone between control points, no overshoot) interpolation of control
+    values ``vs`` at descending ``zs``; constant beyond the ends."""
+    za = zs[::-1].astype(float)
+    f = PchipInterpolator(za, vs[::-1].astype(float), extrapolate=False)
+    return np.asarray(f(np.clip(np.asarray(zq, float), za[0], za[-1])))
 
 
 @dataclass

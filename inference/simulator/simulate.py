@@ -351,6 +351,12 @@ def _simulate_ct(
     size: int,
     measure: bool = True,
 ) -> list[SimCase]:
+    protocol = _opt(randomize, "protocol", None)
+    if protocol is None:
+        rng_p = np.random.default_rng([seed, 7212])
+        protocol = PROTOCOLS[int(rng_p.choice(len(PROTOCOLS), p=[0.1, 0.1, 0.25, 0.2, 0.3, 0.05]))]
+    if protocol in ("head", "head_neck_chest") and randomize.get("arms") is None:
+        randomize = {**randomize, "arms": "down"}  # head scans are done with the arms down
     rng, ph = _subject_and_phantom(seed, randomize)
     prof: CTProfile = _pick_profile(rng, profile_name, CT_PROFILES)
     shift_range = float(_opt(randomize, "shift_range", 40.0))
@@ -359,9 +365,6 @@ def _simulate_ct(
     sx, sy = float(shift_mm[0]), float(shift_mm[1])
     roll = np.deg2rad(float(_opt(randomize, "roll_deg", rng.normal(0.0, 1.5))))
     yaw = np.deg2rad(float(_opt(randomize, "yaw_deg", rng.normal(0.0, 1.0))))
-    protocol = _opt(randomize, "protocol", None)
-    if protocol is None:
-        protocol = PROTOCOLS[int(rng.choice(len(PROTOCOLS), p=[0.1, 0.1, 0.25, 0.2, 0.3, 0.05]))]
     crop = float(_opt(randomize, "crop_mm", 40.0))
     z_lo, z_hi = _scan_range(ph, protocol)
     z_lo += float(rng.uniform(-crop, crop))
