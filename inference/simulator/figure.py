@@ -30,12 +30,12 @@ def _to_image(a: np.ndarray, mono1: bool, height: int) -> tuple[Image.Image, flo
     return img.resize((int(round(img.width * scale)), height), Image.LANCZOS), scale
 
 
-def real_image(name: str, height: int = 512) -> Image.Image:
+def real_image(name: str, height: int = 420) -> Image.Image:
     ds = pydicom.dcmread(REALDATA / name)
     return _to_image(ds.pixel_array, ds.PhotometricInterpretation == "MONOCHROME1", height)[0]
 
 
-def sim_image(case: SimCase, boxes: bool = True, height: int = 512) -> Image.Image:
+def sim_image(case: SimCase, boxes: bool = True, height: int = 420) -> Image.Image:
     ds = case.dataset
     img, s = _to_image(ds.pixel_array, ds.PhotometricInterpretation == "MONOCHROME1", height)
     if boxes:
@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     out.paste(top, (0, 0))
     out.paste(bottom, (0, top.height + 10))
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    out.quantize(colors=255, method=Image.Quantize.FASTOCTREE).save(args.out, optimize=True)
+    out.save(args.out, optimize=True)
     print(f"wrote {args.out}")
     return 0
 
