@@ -13,7 +13,7 @@ from sr_writer import write_gsps
 from sr_writer.sr import tracking
 from tests.conftest import require_tool
 from tests.test_sr import LOCALIZER, ctx, hand_measurements, labelled_detections, roundtrip
-from tests.validators import dcmpschk, dciodvfy
+from tests.validators import dciodvfy, dcmpschk
 
 warnings.filterwarnings("ignore", category=UserWarning)
 
