@@ -51,23 +51,25 @@ K = len(CLASSES)
 class TrainConfig:
     """Everything that determines a training run (recorded in TRAINING.md)."""
 
-    n_train: int = 3000  # simulated training cases
+    n_train: int = 2400  # simulated training cases
     n_val: int = 300  # simulated held-out cases (other seeds)
-    steps: int = 3000
+    steps: int = 2000
     batch: int = 32
     lr: float = 2e-3
     weight_decay: float = 1e-4
     seed: int = 0
-    input_size: int = 256
-    width: int = 16
+    input_size: int = 160
+    width: int = 12
     cache_side: int = 320  # cached images are at most this many pixels on their long side
     sim_size: int = 320  # simulator image columns (0: the simulator's default)
     threads: int = 2
     workers: int = 1  # data-loader processes
-    eval_every: int = 500
+    eval_every: int = 250
+    max_minutes: float = 0.0  # stop early (and still export) after this much training time; 0: no limit
     log_every: int = 50
     extra_datasets: tuple[str, ...] = ()
     extra_weight: float = 0.3  # share of each batch drawn from the extra datasets (when given)
+    reuse_cache: bool = False  # reuse simulated caches made with other simulator sources
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -185,16 +187,27 @@ def _simulate_one(args: tuple[int, str, int]) -> tuple[str, np.ndarray, tuple[Gr
 
 
 def simulated_set(n: int, seed0: int, side: int, cache_dir: Path, sim_size: int = 0, workers: int = 2,
-                  progress: Callable[[str], None] = print) -> CachedSet:  # fmt: skip
-    """Simulate (or load from the cache) ``n`` cases with seeds ``seed0 ..``."""
+                  progress: Callable[[str], None] = print, reuse_stale: bool = False) -> CachedSet:  # fmt: skip
+    """Simulate (or load from the cache) ``n`` cases with seeds ``seed0 ..``.
+
+    The cache file is keyed by the arguments and a hash of the simulator's sources; ``reuse_stale`` loads the
+    newest cache of the same arguments made with other simulator sources instead of simulating again."""
+    import hashlib
+
     from inference.simulator import __file__ as sim_file
 
-    sim_dir = Path(sim_file).parent
-    fingerprint = max((p.stat().st_mtime_ns for p in sim_dir.rglob("*.py")), default=0)
-    path = cache_dir / f"sim-{seed0}-{n}-{side}-{sim_size}-{fingerprint}.npz"
+    h = hashlib.sha256()
+    for f in sorted(Path(sim_file).parent.rglob("*.py")):
+        h.update(f.name.encode() + f.read_bytes())
+    prefix = f"sim-{seed0}-{n}-{side}-{sim_size}-"
+    path = cache_dir / f"{prefix}{h.hexdigest()[:12]}.npz"
     if path.is_file():
         progress(f"cache hit: {path}")
         return CachedSet.load(path)
+    stale = sorted(cache_dir.glob(prefix + "*.npz"), key=lambda q: q.stat().st_mtime)
+    if reuse_stale and stale:
+        progress(f"simulator sources changed since {stale[-1].name} was made; reusing it (--reuse-cache)")
+        return CachedSet.load(stale[-1])
     plan = [(s, k, sim_size) for s, k in sim_plan(n, seed0)]
     t0 = time.perf_counter()
     items = []
@@ -336,7 +349,7 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
     weights: list[float] = []
     if train_sets is None:
         train_sets = [simulated_set(cfg.n_train, cfg.seed * 10_000, cfg.cache_side, cache_dir, cfg.sim_size,
-                                    workers=cfg.threads, progress=progress)]  # fmt: skip
+                                    workers=cfg.threads, progress=progress, reuse_stale=cfg.reuse_cache)]  # fmt: skip
         weights = [1.0]
         if cfg.extra_datasets:
             extra = [dataset_set(Path(p), cfg.cache_side) for p in cfg.extra_datasets]
@@ -347,7 +360,8 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
         weights = [1.0] * len(train_sets)
     if val_set is None and cfg.n_val:
         val_set = simulated_set(cfg.n_val, VAL_SEED_OFFSET + cfg.seed * 10_000, cfg.cache_side, cache_dir,
-                                cfg.sim_size, workers=cfg.threads, progress=progress)  # fmt: skip
+                                cfg.sim_size, workers=cfg.threads, progress=progress,
+                                reuse_stale=cfg.reuse_cache)  # fmt: skip
     t_data = time.perf_counter() - t_start
 
     net = RegionNet(K, cfg.input_size, cfg.width)
@@ -370,6 +384,7 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
     evals: list[dict] = []
     t_train = time.perf_counter()
     running: dict[str, float] = {}
+    stopped_early = 0
     net.train()
     for step, (x, present, boxes, weight) in enumerate(loader):
         logits, pred = net(x)
@@ -388,10 +403,16 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
             history.append(row)
             progress(json.dumps(row))
             running = {}
+        if cfg.max_minutes and time.perf_counter() - t_train > 60.0 * cfg.max_minutes:
+            stopped_early = step + 1
+            progress(f"time limit of {cfg.max_minutes} min reached: stopping at step {step + 1}/{cfg.steps}")
+            break
         if val_set is not None and cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
             rep = evaluate_detections(predict_cached(net, val_set, card), CLASSES)
             evals.append({"step": step + 1, "ap50": rep.ap50, "map_coco": rep.map_coco})
             progress(f"step {step + 1}: held-out AP50 {_fmt(rep.ap50)} mAP {rep.map_coco:.3f}")
+            cache_dir.mkdir(parents=True, exist_ok=True)
+            torch.save(net.state_dict(), cache_dir / "checkpoint.pt")
     t_train = time.perf_counter() - t_train
     net.eval()
     summary: dict = {
@@ -403,6 +424,7 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs, torch {torch.__version__}, "
                    f"{torch.get_num_threads()} threads",
         "sets": [len(s) for s in train_sets],
+        "stopped_early_at_step": stopped_early,
     }
     if val_set is not None:
         rep = evaluate_detections(predict_cached(net, val_set, card), CLASSES)
@@ -445,7 +467,9 @@ def write_training_log(summary: dict, path: Path, command: str) -> None:
         f"Machine: {summary['machine']} (CPU only; other engineers' jobs shared the cores)  ",
         f"Wall time: data {summary['data_seconds']} s (simulation + cache), training {summary['train_seconds']} s, "
         f"total {summary.get('total_seconds', '?')} s  ",
-        f"Training images per set: {summary['sets']}",
+        f"Training images per set: {summary['sets']}"
+        + (f"  \nStopped early by the time limit at step {summary['stopped_early_at_step']}"
+           if summary.get("stopped_early_at_step") else ""),
         "",
         "## Configuration",
         "",
@@ -489,6 +513,10 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=d.threads, help="torch threads and simulation processes")
     p.add_argument("--workers", type=int, default=d.workers, help="data-loader processes")
     p.add_argument("--eval-every", type=int, default=d.eval_every)
+    p.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                   help="stop training after this many minutes (0: run all steps)")  # fmt: skip
+    p.add_argument("--reuse-cache", action="store_true",
+                   help="reuse simulated caches made with earlier simulator sources")  # fmt: skip
     p.add_argument("--dataset", action="append", default=[], metavar="PATH",
                    help="extra training data: YOLO txt folder or COCO JSON (repeatable)")  # fmt: skip
     p.add_argument("--extra-weight", type=float, default=d.extra_weight,
@@ -500,7 +528,8 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = TrainConfig(
         n_train=args.n_train, n_val=args.n_val, steps=args.steps, batch=args.batch, lr=args.lr, seed=args.seed,
         input_size=args.input_size, width=args.width, threads=args.threads, workers=args.workers,
-        eval_every=args.eval_every, extra_datasets=tuple(args.dataset), extra_weight=args.extra_weight,
+        eval_every=args.eval_every, max_minutes=args.max_minutes, extra_datasets=tuple(args.dataset),
+        extra_weight=args.extra_weight, reuse_cache=args.reuse_cache,
     )  # fmt: skip
     summary = train(cfg, args.out, args.cache_dir, progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -514,10 +543,13 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
     d = TrainConfig()
     out = []
     for name, default in (("n_train", d.n_train), ("n_val", d.n_val), ("steps", d.steps), ("batch", d.batch),
-                          ("lr", d.lr), ("seed", d.seed), ("input_size", d.input_size), ("width", d.width)):  # fmt: skip
+                          ("lr", d.lr), ("seed", d.seed), ("input_size", d.input_size), ("width", d.width),
+                          ("max_minutes", d.max_minutes)):  # fmt: skip
         v = getattr(args, name)
         if v != default:
             out += [f"--{name.replace('_', '-')}", str(v)]
+    if args.reuse_cache:
+        out.append("--reuse-cache")
     for ds in args.dataset:
         out += ["--dataset", str(ds)]
     return out
