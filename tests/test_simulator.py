@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dicom_node.cli import main as cli_main
 from inference.simulator import SimTruth, SimulationError, simulate_case, simulate_pair, write_case
@@ -261,6 +263,28 @@ def test_dx_geometry_and_truth() -> None:
     b = chest.box_px
     assert left <= b.x_min < b.x_max <= right and upper <= b.y_min < b.y_max <= lower
     assert g["magnification_true_object_plane"] == pytest.approx(g["sid_mm"] / g["sod_true_mm"])
+
+
+@settings(max_examples=10, deadline=None)
+@given(seed=st.integers(0, 10_000), kind=st.sampled_from(["ct_frontal", "ct_lateral", "dx"]),
+       strength=st.sampled_from([0.0, 1.0]))
+def test_truth_invariants(seed: int, kind: str, strength: float) -> None:
+    """For any seed: boxes inside the image (or DX field), 3-D centre inside its box, CT regions ordered."""
+    case = simulate_case(seed, kind=kind, size=48, randomize={"strength": strength})
+    rows, cols = case.dataset.Rows, case.dataset.Columns
+    assert case.dataset.pixel_array.shape == (rows, cols)
+    lim = (0, 0, cols, rows)
+    if kind == "dx":
+        c = case.truth.geometry["collimator_px"]
+        lim = (c["left"], c["upper"], c["right"], c["lower"])
+    for r in case.truth.regions:
+        b = r.box_px
+        assert lim[0] <= b.x_min < b.x_max <= lim[2] and lim[1] <= b.y_min < b.y_max <= lim[3], r.label
+        assert 0.0 < r.visible_fraction <= 1.0
+        (x0, y0, z0), (x1, y1, z1) = r.box_lps_mm
+        assert x0 < r.center_lps_mm[0] < x1 and y0 < r.center_lps_mm[1] < y1 and z0 < r.center_lps_mm[2] < z1
+    zc = [r.center_lps_mm[2] for r in case.truth.regions if r.label != "SPINE"]
+    assert zc == sorted(zc, reverse=True)
 
 
 def test_cli_writes_n_pairs(tmp_path: Path) -> None:

@@ -250,7 +250,7 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         spine_parts.append(ph.add(f"vertebra_{name}", body, MU_CANCELLOUS - MU_SOFT - 0.002))
         for px in (-0.62 * hw, 0.62 * hw):  # pedicles: the 'eyes' of the AP view
             ped = Quadric("ellipsoid", (xc + px, yc + hd + 4.0, zt - hgt * 0.35), (hw * 0.3, 10.0 * f, hgt * 0.3))
-            spine_parts.append(ph.add(f"pedicle_{name}_{px:+.0f}", ped, 0.008))
+            spine_parts.append(ph.add(f"pedicle_{name}_{px:+.0f}", ped, 0.006))
         spin = Quadric("ellipsoid", (xc, yc + hd + 24.0 * f, zc - hgt * 0.2), (hw * 0.22, 14.0 * f, hgt * 0.45))
         spine_parts.append(ph.add(f"spinous_{name}", spin, 0.008))
         lam = Quadric("ellipsoid", (xc, yc + hd + 12.0 * f, zc), (hw * 0.9, 6.0 * f, hgt * 0.45))
@@ -396,10 +396,10 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         wing_c = (side * 88.0 * f * wide, y_hip + 6.0, crest - 52.0 * h + dz_asym)
         wing_rot = tuple(tuple(r) for r in rotation("z", side * 0.7))
         wing_o = Quadric("ellipsoid", wing_c, (66.0 * f * wide, 11.0, 52.0 * h), wing_rot)
-        wing_i = Quadric("ellipsoid", wing_c, (60.0 * f * wide, 6.0, 46.0 * h), wing_rot)
+        wing_i = Quadric("ellipsoid", wing_c, (62.0 * f * wide, 7.0, 48.0 * h), wing_rot)
         crest_z.append(wing_c[2] + 52.0 * h)
-        pelvis_parts.append(ph.add(f"ilium_{side:+.0f}", wing_o, MU_CORTICAL - MU_SOFT + 0.006, minus=(wing_i,)))
-        pelvis_parts.append(ph.add(f"ilium_core_{side:+.0f}", wing_i, MU_CANCELLOUS - MU_SOFT + 0.002))
+        pelvis_parts.append(ph.add(f"ilium_{side:+.0f}", wing_o, MU_CORTICAL - MU_SOFT + 0.012, minus=(wing_i,)))
+        pelvis_parts.append(ph.add(f"ilium_core_{side:+.0f}", wing_i, MU_CANCELLOUS - MU_SOFT - 0.003))
         hip = np.array([side * 92.0 * f * wide, y_hip, z(-815.0)])
         ph.add(f"acetabulum_{side:+.0f}", Quadric("ellipsoid", tuple(hip + [0, 0, 8.0]), (34.0, 30.0, 30.0)), 0.004)
         fh = Quadric("ellipsoid", tuple(hip), (23.0 * f, 23.0 * f, 23.0 * f))
@@ -421,6 +421,12 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         ring_i = Quadric("cylinder", ring_c, (23.0 * f * wide, 28.0 * h, 13.0), ring_rot)
         pelvis_parts.append(ph.add(f"pubis_ischium_{side:+.0f}", ring_o, MU_CANCELLOUS - MU_SOFT - 0.002,
                                    minus=(ring_i,)))
+    # pelvic brim (arcuate lines): a thin oval ring in the inlet plane, tilted ~60 degrees from the transverse
+    brim_c = (0.0, y_hip - 2.0, crest - 78.0 * h)
+    brim_rot = tuple(tuple(r) for r in rotation("x", -1.05))
+    brim_o = Quadric("cylinder", brim_c, (62.0 * f * wide, 52.0 * f, 5.0), brim_rot)
+    brim_i = Quadric("cylinder", brim_c, (56.0 * f * wide, 46.0 * f, 5.0), brim_rot)
+    pelvis_parts.append(ph.add("pelvic_brim", brim_o, MU_CORTICAL - MU_SOFT, minus=(brim_i,)))
     # the ring is a cylinder along y rotated: its z half-extent is the local y semi-axis (40 h)
     ischial = z(-845.0) - 40.0 * h
     crest_hi = max(crest_z)
