@@ -124,12 +124,16 @@ _CAGE = np.array(
 )
 
 
-def _smooth_interp(zq: np.ndarray, zs: np.ndarray, vs: np.ndarray) -> np.ndarray:
+class _Profile:
     """Smooth, shape-preserving (PCHIP: monotone between control points, no overshoot) interpolation of control
     values ``vs`` at descending ``zs``; constant beyond the ends."""
-    za = zs[::-1].astype(float)
-    f = PchipInterpolator(za, vs[::-1].astype(float), extrapolate=False)
-    return np.asarray(f(np.clip(np.asarray(zq, float), za[0], za[-1])))
+
+    def __init__(self, zs: np.ndarray, vs: np.ndarray) -> None:
+        self.za = np.asarray(zs, float)[::-1]
+        self.f = PchipInterpolator(self.za, np.asarray(vs, float)[::-1], extrapolate=False)
+
+    def __call__(self, zq: np.ndarray) -> np.ndarray:
+        return np.asarray(self.f(np.clip(np.asarray(zq, float), self.za[0], self.za[-1])))
 
 
 @dataclass
@@ -165,10 +169,11 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     ta = _TRUNK[:, 1] * f + _TRUNK[:, 2] * g
     tb = _TRUNK[:, 3] * f + _TRUNK[:, 4] * g
     neck_lift = 18.0
+    trunk_a, trunk_b = _Profile(tz, ta), _Profile(tz, tb)
 
     def trunk_params(zq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        a = _smooth_interp(zq, tz, ta)
-        b = _smooth_interp(zq, tz, tb)
+        a = trunk_a(zq)
+        b = trunk_b(zq)
         lift = neck_lift * np.clip((zq - z(-266.0)) / (z(-250.0) - z(-266.0)), 0.0, 1.0)
         cy = -b - lift
         return np.zeros_like(a), cy, a, b
@@ -281,10 +286,11 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
     cz = _CAGE[:, 0] * h
     ca = _CAGE[:, 1] * f
     cb = _CAGE[:, 2] * f
+    cage_a, cage_b = _Profile(cz, ca), _Profile(cz, cb)
 
     def cage_params(zq: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        a = _smooth_interp(zq, cz, ca)
-        b = _smooth_interp(zq, cz, cb)
+        a = cage_a(zq)
+        b = cage_b(zq)
         _, tcy, _, tb_ = trunk_params(zq)
         back = tcy + tb_
         cy = back - (12.0 + 0.6 * fat_in) - b
@@ -467,10 +473,13 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
 
         lift = np.array([0.45 * tb[-2], 0.1 * tb[-2], 0.0, 0.0])  # the thigh top starts inside the trunk
 
-        def leg_params(zq: np.ndarray, lz=lz, la=la, lb=lb, lx=lx, lift=lift) -> tuple[np.ndarray, ...]:
-            a = _smooth_interp(zq, lz, la)
-            b = _smooth_interp(zq, lz, lb)
-            return _smooth_interp(zq, lz, lx), -b - _smooth_interp(zq, lz, lift), a, b
+        leg_a, leg_b, leg_x, leg_lift = (_Profile(lz, v) for v in (la, lb, lx, lift))
+
+        def leg_params(zq: np.ndarray, leg_a=leg_a, leg_b=leg_b, leg_x=leg_x, leg_lift=leg_lift
+                       ) -> tuple[np.ndarray, ...]:
+            a = leg_a(zq)
+            b = leg_b(zq)
+            return leg_x(zq), -b - leg_lift(zq), a, b
 
         ext = float(np.max(np.abs(lx) + la))
         leg = Swept(leg_params, (float(lz[-1]), float(lz[0])), (-ext, -2 * float(lb.max()), ext, 0.0),
