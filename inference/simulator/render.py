@@ -39,9 +39,15 @@ def component_block(
         hi[2] = min(hi[2], z_clip[1])
         if lo[2] > hi[2]:
             return None
-    pts = _corners(lo, hi)
-    if placement is not None:
-        pts = placement.to_world(pts)
+    if z_clip is None and placement is not None:  # the world corners of a component are cached per placement
+        cache = comp.__dict__.setdefault("_world_corners", {})
+        pts = cache.get(placement)
+        if pts is None:
+            pts = cache[placement] = placement.to_world(_corners(lo, hi))
+    else:
+        pts = _corners(lo, hi)
+        if placement is not None:
+            pts = placement.to_world(pts)
     x, y = geom.project(pts)
     r0, r1, c0, c1 = limits
     br0 = max(r0, int(np.floor(y.min())) - 1)
