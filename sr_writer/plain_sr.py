@@ -14,7 +14,7 @@ from inference.types import Detection, ImageMeasurements
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 from sr_writer.source import SourceHeader, read_source_header
-from sr_writer.sr import _report, build_groups, contributing_equipment, finish, image_notes
+from sr_writer.sr import _report, build_groups, contributing_equipment, finish, image_notes, sr_document
 
 
 def _name_scoord_images(item: Dataset) -> None:
@@ -36,9 +36,10 @@ def write_plain_sr(
     header = header or read_source_header(source)
     uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, "plain_sr")
     groups = build_groups(header, detections, measurements, ctx, with_3d=False)
-    sr = hd.sr.ComprehensiveSR(
-        evidence=[header.dataset],
-        content=_report(header, groups, ctx, image_notes(header, measurements)),
+    sr = sr_document(
+        hd.sr.ComprehensiveSR,
+        header,
+        _report(header, groups, ctx, image_notes(header, measurements)),
         series_instance_uid=uids["SeriesInstanceUID"],
         series_number=ctx.series_number("plain_sr"),
         sop_instance_uid=uids["SOPInstanceUID"],

@@ -368,6 +368,27 @@ def finish(obj: Dataset, ctx: ResultContext, description: str, uses_private_code
     return obj
 
 
+def sr_document(cls: type, header: SourceHeader, report: hd.sr.MeasurementReport, **kwargs: object) -> Dataset:
+    """Build the SR document around ``report`` without highdicom re-copying and re-parsing the whole tree.
+
+    highdicom's SR constructor deep-copies the content, parses it back and searches it for evidence (~2/3 of the
+    SR's write time). The tree here was just built from highdicom templates, so the document is constructed around
+    a shell (root plus the image library, which references the source image, so the evidence is the same) and
+    the full tree is attached afterwards, both as the dataset's Content Sequence and as the parsed content.
+    """
+    root = report[0]
+    shell = Dataset()
+    for elem in root:
+        if elem.keyword != "ContentSequence":
+            shell.add(elem)
+    shell.ContentSequence = [i for i in root.ContentSequence
+                             if i.ValueType == "CONTAINER" and i.ConceptNameCodeSequence[0].CodeValue == "111028"]
+    doc = cls(evidence=[header.dataset], content=shell, **kwargs)
+    doc.ContentSequence = root.ContentSequence
+    doc._content = hd.sr.ContentSequence([root], is_root=True)  # what highdicom's .content returns
+    return doc
+
+
 def write_sr(
     source: Dataset,
     detections: Sequence[Detection],
@@ -380,9 +401,10 @@ def write_sr(
     header = header or read_source_header(source)
     uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, "sr")
     groups = build_groups(header, detections, measurements, ctx, with_3d=True)
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[header.dataset],
-        content=_report(header, groups, ctx, image_notes(header, measurements)),
+    sr = sr_document(
+        hd.sr.Comprehensive3DSR,
+        header,
+        _report(header, groups, ctx, image_notes(header, measurements)),
         series_instance_uid=uids["SeriesInstanceUID"],
         series_number=ctx.series_number("sr"),
         sop_instance_uid=uids["SOPInstanceUID"],
