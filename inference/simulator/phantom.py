@@ -82,7 +82,7 @@ def sample_subject(rng: np.random.Generator, *, arms: str | None = None, size: f
         scoliosis_mm=float(abs(rng.normal(0.0, 5.0))) * (1 if rng.random() < 0.5 else -1),
         dome_right_mm=float(rng.uniform(5.0, 25.0)),
         lung_scale=float(rng.uniform(0.92, 1.08)),
-        breasts=float(rng.uniform(0.6, 1.3)) if sex == "F" else 0.0,
+        breasts=float(rng.uniform(0.5, 1.2)) if sex == "F" else 0.0,
         gas_seed=int(rng.integers(0, 2**31 - 1)),
         gas_count=int(rng.integers(4, 22)),
     )
@@ -348,12 +348,14 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
             f"lung_{'L' if side > 0 else 'R'}",
             lung,
             MU_LUNG - MU_SOFT,
-            slabs=(z_slab(cp, apex + 1.0),),
+            # base rising toward the midline (k = 0.45), so the costophrenic angle is a lateral V
+            slabs=(z_slab(cp, apex + 1.0),
+                   ((side * 0.45, 0.0, 1.0), cp + 0.45 * (70.0 * f + 56.0 * f * ls), 1e5)),
             minus=(dome_shape, heart) if side > 0 else (dome_shape,),
         )
         lungs.append(comp)
         hilum = np.array([side * 35.0 * f, ylung, dome + 60.0 * h])
-        _lung_vessels(ph, rng, side, hilum, lung, max(cp, dome - 20.0), 28)
+        _lung_vessels(ph, rng, side, hilum, lung, max(cp, dome - 20.0), 40)
     ph.add("trachea", Quadric("cylinder", (0.0, ylung - 25.0, z(-330.0)), (9.0, 9.0, 95.0 * h)), -MU_SOFT)
     # the costophrenic angles: the lowest z where each lung (minus dome and heart) is actually present
     cp_right = _lowest_z(lungs[0], cp_right, dome_r)
@@ -388,7 +390,7 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         front = float(tcy[0] - tbb[0])
         for side in (-1.0, 1.0):
             br = Quadric("ellipsoid", (side * 80.0 * f, front + 8.0, z(-470.0)),
-                         (52.0 * s.breasts, 34.0 * s.breasts, 50.0 * s.breasts))
+                         (56.0 * s.breasts, 26.0 * s.breasts, 46.0 * s.breasts))
             ph.add(f"breast_{side:+.0f}", br, MU_SOFT - 0.0008, minus=(trunk,))
 
     # ---- pelvis and hips -----------------------------------------------------------------------------------
@@ -500,8 +502,9 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
                 wr = np.array([side * (w_wr + r_lo + 10.0), -r_lo - 10.0, z(-840.0)])
                 hand_c = wr + np.array([side * 2.0, -5.0, -50.0 * h])
             else:
-                el = np.array([side * (float(abs(shoulder_x)) + 45.0), -r_up - 30.0, z(-10.0)])
-                wr = np.array([side * 55.0, -r_lo - 40.0, z(170.0)])
+                abduct = float(rng.uniform(40.0, 130.0))  # how far the elbows are out (mm)
+                el = np.array([side * (float(abs(shoulder_x)) + abduct), -r_up - 30.0, z(-40.0)])
+                wr = np.array([side * 60.0, -r_lo - 40.0, z(150.0)])
                 hand_c = wr + np.array([-side * 30.0, 0.0, 40.0 * h])
             upper = _segment_ellipsoid(sh, el, r_up, r_up * 0.95, 25.0)
             lower = _segment_ellipsoid(el, wr, r_lo, r_lo * 0.9, 20.0)
@@ -568,8 +571,8 @@ def _lung_vessels(ph: Phantom, rng: np.random.Generator, side: float, hilum: np.
         dist = float(np.linalg.norm(d))
         if dist < 20.0:
             continue
-        a = hilum + d * rng.uniform(0.35, 0.7)
-        r = float(np.clip(5.0 - dist / 40.0, 1.2, 4.0))
+        a = hilum + d * rng.uniform(0.45, 0.8) + rng.normal(0.0, 6.0, 3)
+        r = float(np.clip(4.0 - dist / 40.0, 1.0, 3.0))
         ph.add(f"vessel_{side:+.0f}_{i}", segment_cylinder(a, p, r), MU_SOFT - MU_LUNG, tags=frozenset({"vessel"}))
 
 
