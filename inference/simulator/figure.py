@@ -65,10 +65,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-boxes", action="store_true")
     args = ap.parse_args(argv)
     boxes = not args.no_boxes
-    c1 = simulate_case(1, profile="philips", randomize={"protocol": "chest_abdomen_pelvis", "arms": "up"})
-    c2 = simulate_case(2, profile="philips", randomize={"protocol": "abdomen_pelvis", "arms": "up"})
-    fr, la = simulate_pair(5, profile="siemens", randomize={"protocol": "chest_abdomen_pelvis", "arms": "down"})
-    dx = simulate_case(3, kind="dx", profile="canon_dx", randomize={"exam": "chest"})
+    look = {"latitude": 0.35}  # the dynamic-range compression of the training mix (default 0: calibrated rows)
+    c1 = simulate_case(1, profile="philips", randomize={"protocol": "chest_abdomen_pelvis", "arms": "up", **look})
+    c2 = simulate_case(2, profile="philips", randomize={"protocol": "abdomen_pelvis", "arms": "up", **look})
+    fr, la = simulate_pair(5, profile="siemens",
+                           randomize={"protocol": "chest_abdomen_pelvis", "arms": "down", **look})
+    dx = simulate_case(3, kind="dx", profile="canon_dx", randomize={"exam": "chest", **look})
     top = _row([
         (real_image("loc_philips_MAROTECH_CT_JP2Lossy.dcm"), "REAL Philips localizer (CAP, arms up)"),
         (sim_image(c1, boxes), "SIM philips-like CAP, arms up"),

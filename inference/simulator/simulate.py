@@ -92,7 +92,7 @@ def _photometric(rng: np.random.Generator, randomize: Mapping[str, Any], scale: 
         "blur_px": max(0.0, 0.6 * scale * (1.0 + rng.uniform(-0.6, 1.5) * st)),
         "edge": max(0.0, 1.8 + rng.uniform(-1.8, 1.2) * st),
         "edge_sigma_px": 5.0 * scale * (1.0 + rng.uniform(-0.4, 0.8) * st),
-        "latitude": max(0.0, 0.35 + rng.uniform(-0.35, 0.35) * st),
+        "latitude": float(rng.uniform(0.0, 0.7) * st),  # none at strength 0: WED-faithful rows
         "latitude_sigma_px": 30.0 * scale,
         "gamma": float(np.exp(rng.uniform(-0.35, 0.35) * st)),
         "contrast": float(np.exp(rng.uniform(-0.3, 0.3) * st)),
