@@ -125,21 +125,30 @@ def _demo_config(base: Path, node_port: int, pacs: tuple[str, str, int], workdir
     return path
 
 
-def _wait_echo(ae_title: str, port: int, proc: subprocess.Popen[bytes], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    scu = AE(ae_title="DEMOSCU")
-    scu.add_requested_context(Verification)
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"the node exited early with status {proc.returncode}")
-        assoc = scu.associate("127.0.0.1", port, ae_title=ae_title)
-        if assoc.is_established:
-            status = assoc.send_c_echo()
-            assoc.release()
-            if status and status.Status == 0:
-                return
-        time.sleep(0.3)
-    raise SystemExit(f"the node did not answer C-ECHO within {timeout:.0f} s")
+class _ReadyWatch:
+    """Our own sd_notify socket for the node (``NOTIFY_SOCKET``): the node says READY=1 only once its listener is up
+    AND every worker has loaded and warmed its models (a C-ECHO is answered earlier, while models still load)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(str(path))
+        self.sock.settimeout(0.2)
+
+    def wait_ready(self, proc: subprocess.Popen[bytes], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise SystemExit(f"the node exited early with status {proc.returncode}")
+            try:
+                if "READY=1" in self.sock.recv(65536).decode(errors="replace").splitlines():
+                    return
+            except TimeoutError:
+                continue
+        raise SystemExit(f"the node was not ready (models loaded) within {timeout:.0f} s")
+
+    def close(self) -> None:
+        self.sock.close()
 
 
 def _send(ds: Dataset, ae_title: str, port: int) -> float:
@@ -154,6 +163,17 @@ def _send(ds: Dataset, ae_title: str, port: int) -> float:
     if not status or status.Status != 0:
         raise SystemExit(f"C-STORE failed: {status}")
     return t0
+
+
+def _expected_results(config: Path, storage: Path, ds: Dataset) -> int:
+    """How many result objects the node sends for ``ds``: the outputs of the route it matches (at least SR + SC)."""
+    from dicom_node.config import load_config
+    from dicom_node.routing import select_route
+
+    route = select_route(load_config(config, storage_override=storage), ds, "DEMOMODALITY").route
+    if route is None or not {"sr", "sc"} <= set(route.outputs):
+        raise SystemExit(f"{config}: the demo needs a route for CT localizers with outputs sr and sc")
+    return len(route.outputs)
 
 
 def _fmt(v: float | None, nd: int = 1) -> str:
@@ -180,14 +200,16 @@ def run(args: argparse.Namespace) -> int:
         config = _demo_config(args.config, node_port, pacs, work)
         storage = work / "storage"
         log_path = out / "node.log"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        watch = _ReadyWatch(work / "notify.sock")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "NOTIFY_SOCKET": str(watch.path)}
+        env.pop("JOURNAL_STREAM", None)
         cmd = [sys.executable, "-m", "dicom_node.cli", "serve", "--config", str(config), "--storage", str(storage)]
         print(f"starting the node: AE DICOMNODE at 127.0.0.1:{node_port} (log: {log_path})")
         with open(log_path, "wb") as log_fh:
             proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, env=env, cwd=REPO)
             try:
                 t_start = time.monotonic()
-                _wait_echo("DICOMNODE", node_port, proc, timeout=args.timeout)
+                watch.wait_ready(proc, timeout=args.timeout)
                 print(f"node ready (models loaded and warm) in {time.monotonic() - t_start:.1f} s")
 
                 case = simulate_case(args.seed, kind="ct_frontal", shift_mm=tuple(args.shift))
@@ -200,9 +222,11 @@ def run(args: argparse.Namespace) -> int:
                     print(f"sent; results go to {args.pacs}: look there (this demo cannot see them)")
                     return 0
 
+                expected = _expected_results(config, storage, ds)
+
                 def have_all(items: list[tuple[float, Dataset]]) -> bool:
                     kinds = {str(d.SOPClassUID) for _, d in items}
-                    return SR_3D in kinds and any(k in kinds for k in SC_CLASSES)
+                    return len(items) >= expected and SR_3D in kinds and any(k in kinds for k in SC_CLASSES)
 
                 if not store.wait_for(have_all, args.timeout):
                     print("results did not arrive in time; see", log_path, file=sys.stderr)
@@ -231,6 +255,7 @@ def run(args: argparse.Namespace) -> int:
                     proc.kill()
                 if store is not None:
                     store.stop()
+                watch.close()
 
 
 def _print_table(regions: list[Any], truth: Any) -> None:
