@@ -59,7 +59,7 @@ def write_pngs(out: Path) -> list[Path]:
     except ImportError as exc:
         print(f"simulated PNG skipped: {exc}")
         return paths
-    case = simulate_case(5, kind="ct_frontal")
+    case = simulate_case(6, kind="ct_frontal")  # a head-to-pelvis scout: all five regions
     ds = case.dataset
     sdets = [Detection(r.label, CONCEPTS[r.label], 0.9, r.box_px, MODEL) for r in case.truth.regions]
     spx = ds.pixel_array

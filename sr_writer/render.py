@@ -95,6 +95,15 @@ def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
         return ImageFont.load_default()
 
 
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: object, width: int) -> str:
+    """``text`` shortened with "..." so that it fits ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while len(text) > 4 and draw.textlength(text + "...", font=font) > width:
+        text = text[:-1]
+    return text + "..."
+
+
 def render_annotated(
     grey: np.ndarray,
     regions: Sequence[DrawRegion],
@@ -132,6 +141,7 @@ def render_annotated(
         draw.text((cx + arm + 2, cy + 2), "isocenter", fill=ISOCENTER_COLOUR, font=small)
     if legend:  # bottom-left corner: the top usually holds the first region's caption
         pad = 3 * line
+        legend = [_fit(draw, t, small, cols - 2 * pad) for t in legend]
         heights = [draw.textbbox((0, 0), t, font=small)[3] + line for t in legend]
         width = max(draw.textbbox((0, 0), t, font=small)[2] for t in legend)
         top = max(0, rows - sum(heights) - 2 * pad)
