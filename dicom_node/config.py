@@ -37,6 +37,7 @@ from dicom_node.config_schema import (
     NodeConfig,
     NodeSettings,
     PipelineSpec,
+    RetentionPolicy,
     RetryPolicy,
     Route,
     ScannerCalibration,
@@ -487,6 +488,7 @@ def _resolve_host(name: str) -> str:
 _NODE_KEYS = [f.name for f in fields(NodeSettings)]
 _TIMEOUT_KEYS = [f.name for f in fields(Timeouts)]
 _RETRY_KEYS = [f.name for f in fields(RetryPolicy)]
+_RETENTION_KEYS = [f.name for f in fields(RetentionPolicy)]
 _DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu"]
 _MODEL_KEYS = ["card", "backend", "max_batch", "max_wait_ms", "options"]
 _ROUTE_KEYS = ["name", "match", "pipeline", "outputs", "destinations", "forward_original"]
@@ -544,6 +546,20 @@ def _build_timeouts(v: _Validator, node: LocatedMap) -> Timeouts:
     return Timeouts(**values)
 
 
+def _build_retention(v: _Validator, node: LocatedMap) -> RetentionPolicy:
+    """``node.retention``: days as plain numbers (0 = keep forever), ``interval_s`` as a duration (> 0)."""
+    section = v.section(node, "retention", "node.retention", _RETENTION_KEYS)
+    if section is None:
+        return RetentionPolicy()
+    d = RetentionPolicy()
+    values = {
+        key: v.value(section, key, "node.retention", getattr(d, key), _to_float(0.0))
+        for key in ("keep_objects_days", "keep_results_days", "keep_failed_days")
+    }
+    values["interval_s"] = v.value(section, "interval_s", "node.retention", d.interval_s, _to_duration("s"))
+    return RetentionPolicy(**{k: (getattr(d, k) if val is _BAD else val) for k, val in values.items()})
+
+
 def _build_callers(v: _Validator, node: LocatedMap) -> tuple[Caller, ...]:
     if "allowed_callers" not in node or node["allowed_callers"] is None:
         return ()
@@ -597,6 +613,11 @@ def _build_node(v: _Validator, top: LocatedMap, storage_override: Path | None) -
         "debug_phi": v.value(node, "debug_phi", "node", d.debug_phi, _to_bool),
         "metrics_port": v.value(
             node, "metrics_port", "node", None, lambda x: None if x is None else _to_port(x)
+        ),
+        "metrics_bind": v.value(node, "metrics_bind", "node", d.metrics_bind, _to_host),
+        "retention": _build_retention(v, node),
+        "max_worker_deaths_per_job": v.value(
+            node, "max_worker_deaths_per_job", "node", d.max_worker_deaths_per_job, _to_int(1, 100)
         ),
     }
     if values["sop_classes"] is None:

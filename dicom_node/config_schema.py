@@ -43,6 +43,23 @@ class Timeouts:
 
 
 @dataclass(frozen=True)
+class RetentionPolicy:
+    """How long finished work stays on disk (days; 0 = forever). Only jobs whose outbound items are ALL sent are
+    eligible: nothing pending, sending or dead-lettered is ever deleted (``dicom_node.retention``).
+
+    ``keep_objects_days``: received objects of jobs that ended done or dropped; ``keep_failed_days``: received
+    objects of jobs that ended in error (kept for a re-run); ``keep_results_days``: result files (SR, SC, GSPS).
+    Job and outbound rows are pruned once every file they refer to is past its retention. ``interval_s``: seconds
+    between retention passes.
+    """
+
+    keep_objects_days: float = 7.0
+    keep_results_days: float = 7.0
+    keep_failed_days: float = 7.0
+    interval_s: float = 3600.0
+
+
+@dataclass(frozen=True)
 class NodeSettings:
     ae_title: str = "DICOMNODE"
     bind: str = "0.0.0.0"
@@ -61,7 +78,11 @@ class NodeSettings:
     workers: int = 2
     log_level: str = "INFO"
     debug_phi: bool = False  # PHI (names, IDs, birth dates) appears in logs only when an admin sets this
-    metrics_port: int | None = None
+    metrics_port: int | None = None  # Prometheus text endpoint (/metrics, /healthz); None: not served
+    metrics_bind: str = "127.0.0.1"
+    retention: RetentionPolicy = RetentionPolicy()
+    # a job whose worker process dies this many times is ended in error instead of being run again
+    max_worker_deaths_per_job: int = 2
 
 
 @dataclass(frozen=True)

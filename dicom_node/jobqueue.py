@@ -4,7 +4,10 @@ SQLite runs in WAL mode with ``synchronous=FULL``: a method returns only after i
 state change is one transaction, so a crash leaves each job and each outbound item in exactly one state.
 
 Job states: ``pending`` -> ``running`` (claimed by a worker) -> ``done`` | ``error`` | ``dropped``.
-At startup ``requeue_interrupted`` moves ``running`` back to ``pending`` (the worker died mid-job).
+At startup ``requeue_interrupted`` moves ``running`` back to ``pending`` (the node died mid-job). When one worker
+process dies, ``requeue_worker`` moves its ``running`` jobs back to ``pending`` and counts the death against each
+job; a job whose workers died ``max_deaths`` times ends in ``error`` (a poison object cannot crash-loop the pool).
+Retention (``dicom_node.retention``) records deleted files in ``purged`` and prunes settled rows.
 
 Outbound item states (one row per result file and destination): ``pending`` -> ``sending`` -> ``sent``; a transient
 failure goes back to ``pending`` with ``attempts + 1`` and a later ``next_attempt_at``; a permanent failure or too many
@@ -37,6 +40,13 @@ OutboundStatus = Literal["pending", "sending", "sent", "dead"]
 OUTBOUND_KINDS = ("sr", "sc", "gsps", "plain_sr", "original")
 OUTBOUND_STATES: tuple[OutboundStatus, ...] = ("pending", "sending", "sent", "dead")
 BUSY_TIMEOUT_MS = 30_000
+PURGED_OBJECT = 1  # ``jobs.purged`` bits: retention deleted the received object / the result files
+PURGED_RESULTS = 2
+# columns added after the first release: (name, definition) added to an older database when it is opened
+_ADDED_JOB_COLUMNS = (
+    ("worker_deaths", "INTEGER NOT NULL DEFAULT 0"),
+    ("purged", "INTEGER NOT NULL DEFAULT 0"),
+)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -54,7 +64,9 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL,
     error TEXT NOT NULL DEFAULT '',
     summary TEXT NOT NULL DEFAULT '{}',
-    runs INTEGER NOT NULL DEFAULT 0
+    runs INTEGER NOT NULL DEFAULT 0,
+    worker_deaths INTEGER NOT NULL DEFAULT 0,
+    purged INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs (status, id);
 CREATE TABLE IF NOT EXISTS outbound (
@@ -130,6 +142,36 @@ class JobRow:
     summary: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class WorkerRequeue:
+    """What ``requeue_worker`` did: job ids put back to pending, and job ids ended in error."""
+
+    requeued: tuple[int, ...]
+    failed: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class JobTiming:
+    """A job's times for metrics: ``claimed_at``/``finished_at`` POSIX seconds (None when not reached)."""
+
+    id: int
+    status: JobStatus
+    claimed_at: float | None
+    finished_at: float | None
+    summary: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RetentionCandidate:
+    """A settled job (finished, every outbound item sent) as retention sees it."""
+
+    id: int
+    status: FinalJobStatus
+    path: Path
+    finished_at: float
+    purged: int
+
+
 class JobQueue:
     """Jobs (one per received object) and the per-destination outbound queue, in ``db_path``."""
 
@@ -142,6 +184,10 @@ class JobQueue:
         with self._tx(conn):
             for statement in _statements(_SCHEMA):
                 conn.execute(statement)
+            have = {row["name"] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for name, definition in _ADDED_JOB_COLUMNS:
+                if name not in have:
+                    conn.execute(f"ALTER TABLE jobs ADD COLUMN {name} {definition}")
 
     # -- connections ---------------------------------------------------------------------------------------------
 
@@ -224,6 +270,40 @@ class JobQueue:
         cur = self._conn().execute("UPDATE jobs SET status='pending', worker='' WHERE status='running'")
         return cur.rowcount
 
+    def requeue_worker(self, worker: str, max_deaths: int = 2, reason: str = "") -> WorkerRequeue:
+        """One worker process died: its ``running`` jobs go back to ``pending`` with ``worker_deaths + 1``; a job
+        that reaches ``max_deaths`` ends in ``error`` instead ("worker died N times while processing this job").
+
+        ``worker``: the name the worker claimed with (``claim_job``); ``reason``: how it died, for the error text
+        (e.g. "killed by signal 9"). One transaction. Returns the requeued and the failed job ids.
+        """
+        if max_deaths < 1:
+            raise ValueError(f"max_deaths must be >= 1, not {max_deaths}")
+        requeued: list[int] = []
+        failed: list[int] = []
+        now = time.time()
+        conn = self._conn()
+        with self._tx(conn):
+            rows = conn.execute(
+                "SELECT id, worker_deaths FROM jobs WHERE status='running' AND worker=? ORDER BY id", (worker,)
+            ).fetchall()
+            for row in rows:
+                deaths = int(row["worker_deaths"]) + 1
+                if deaths >= max_deaths:
+                    how = f" (the last time: {reason})" if reason else ""
+                    conn.execute(
+                        "UPDATE jobs SET status='error', worker_deaths=?, finished_at=?, error=? WHERE id=?",
+                        (deaths, now,
+                         f"worker died {deaths} times while processing this job{how}; not run again", row["id"]),
+                    )
+                    failed.append(int(row["id"]))
+                else:
+                    conn.execute(
+                        "UPDATE jobs SET status='pending', worker='', worker_deaths=? WHERE id=?", (deaths, row["id"])
+                    )
+                    requeued.append(int(row["id"]))
+        return WorkerRequeue(tuple(requeued), tuple(failed))
+
     def finish_job(
         self,
         job_id: int,
@@ -279,6 +359,97 @@ class JobQueue:
         for row in self._conn().execute("SELECT status, COUNT(*) AS n FROM jobs GROUP BY status"):
             counts[row["status"]] = int(row["n"])
         return counts
+
+    def job_timings(self, min_id: int) -> list[JobTiming]:
+        """Every job with ``id >= min_id``, oldest first (for the metrics scanner: no PHI is read)."""
+        rows = self._conn().execute(
+            "SELECT id, status, claimed_at, finished_at, summary FROM jobs WHERE id>=? ORDER BY id", (int(min_id),)
+        ).fetchall()
+        out = []
+        for r in rows:
+            try:
+                summary = json.loads(r["summary"] or "{}")
+            except ValueError:
+                summary = {}
+            out.append(JobTiming(int(r["id"]), r["status"], r["claimed_at"], r["finished_at"],
+                                 summary if isinstance(summary, dict) else {}))
+        return out
+
+    def max_job_id(self) -> int:
+        row = self._conn().execute("SELECT MAX(id) AS m FROM jobs").fetchone()
+        return int(row["m"] or 0)
+
+    # -- retention -----------------------------------------------------------------------------------------------
+
+    _SETTLED = (
+        "status IN ('done', 'error', 'dropped') AND finished_at IS NOT NULL AND NOT EXISTS"
+        " (SELECT 1 FROM outbound o WHERE o.job_id = jobs.id AND o.status != 'sent')"
+    )
+
+    def retention_candidates(
+        self, statuses: Iterable[str], finished_before: float, not_purged: int, limit: int = 1000
+    ) -> list[RetentionCandidate]:
+        """Settled jobs (final status in ``statuses``, every outbound item ``sent``) finished before
+        ``finished_before`` (POSIX s) whose ``purged`` lacks the bit ``not_purged``; oldest first."""
+        wanted = [s for s in statuses if s in ("done", "error", "dropped")]
+        if not wanted:
+            return []
+        rows = self._conn().execute(
+            f"SELECT id, status, path, finished_at, purged FROM jobs WHERE {self._SETTLED}"
+            f" AND status IN ({','.join('?' * len(wanted))}) AND finished_at < ? AND (purged & ?) = 0"
+            " ORDER BY id LIMIT ?",
+            (*wanted, finished_before, int(not_purged), int(limit)),
+        ).fetchall()
+        return [RetentionCandidate(int(r["id"]), r["status"], Path(r["path"]), float(r["finished_at"]),
+                                   int(r["purged"])) for r in rows]
+
+    def path_holders(self, path: Path) -> list[tuple[str, float | None, bool]]:
+        """Every job whose received object is ``path``: (status, finished_at, settled)."""
+        rows = self._conn().execute(
+            f"SELECT status, finished_at, ({self._SETTLED}) AS settled FROM jobs WHERE path=?", (str(path),)
+        ).fetchall()
+        return [(r["status"], r["finished_at"], bool(r["settled"])) for r in rows]
+
+    def unsent_outbound_for_path(self, path: Path) -> int:
+        """Outbound items for the file ``path`` that are not ``sent`` (pending, sending or dead)."""
+        row = self._conn().execute(
+            "SELECT COUNT(*) AS n FROM outbound WHERE path=? AND status != 'sent'", (str(path),)
+        ).fetchone()
+        return int(row["n"])
+
+    def unsent_outbound_under(self, directory: Path) -> int:
+        """Outbound items for files under ``directory`` that are not ``sent``."""
+        prefix = str(directory).rstrip("/") + "/"
+        row = self._conn().execute(
+            "SELECT COUNT(*) AS n FROM outbound WHERE substr(path, 1, ?)=? AND status != 'sent'",
+            (len(prefix), prefix),
+        ).fetchone()
+        return int(row["n"])
+
+    def mark_purged(self, job_ids: Iterable[int], bit: int) -> None:
+        ids = [int(i) for i in job_ids]
+        conn = self._conn()
+        with self._tx(conn):
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                conn.execute(f"UPDATE jobs SET purged = purged | ? WHERE id IN ({','.join('?' * len(chunk))})",
+                             (int(bit), *chunk))
+
+    def prune_jobs(self, purged_mask: int, finished_before: float, limit: int = 1000) -> int:
+        """Delete settled jobs finished before ``finished_before`` whose ``purged`` has every bit of
+        ``purged_mask``, with their (all sent) outbound rows. Returns how many jobs."""
+        conn = self._conn()
+        with self._tx(conn):
+            ids = [int(r["id"]) for r in conn.execute(
+                f"SELECT id FROM jobs WHERE {self._SETTLED} AND (purged & ?) = ? AND finished_at < ? LIMIT ?",
+                (int(purged_mask), int(purged_mask), finished_before, int(limit)),
+            )]
+            for i in range(0, len(ids), 500):
+                chunk = ids[i:i + 500]
+                marks = ",".join("?" * len(chunk))
+                conn.execute(f"DELETE FROM outbound WHERE job_id IN ({marks}) AND status='sent'", chunk)
+                conn.execute(f"DELETE FROM jobs WHERE id IN ({marks})", chunk)
+        return len(ids)
 
     # -- outbound ------------------------------------------------------------------------------------------------
 

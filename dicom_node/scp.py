@@ -83,6 +83,8 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)
 REJECT_LIMIT = (0x02, 0x03, 0x02)
 REJECT_CONGESTION = (0x02, 0x03, 0x01)
+# While draining, a connection that has sent no A-ASSOCIATE-RQ for this long (s) is closed instead of awaited.
+UNNEGOTIATED_GRACE_S = 0.5
 
 
 class _BulkRecvSocket(AssociationSocket):
@@ -115,12 +117,35 @@ class _RequestHandler(RequestHandler):
 
     def _create_association(self) -> Any:
         assoc = super()._create_association()
+        assoc.dicom_node_connected_at = time.monotonic()  # for the drain: how long it has been silent
         if type(assoc.dul.socket) is AssociationSocket:
             assoc.dul.socket.__class__ = _BulkRecvSocket
         scp = getattr(self.server, "dicom_node_scp", None)
         if scp is not None:  # timeouts of the live config, before the A-ASSOCIATE-RQ is awaited
             scp._apply_timeouts(assoc)
         return assoc
+
+
+def awaiting_request(assoc: Any) -> bool:
+    """True for a connection whose peer has not sent its A-ASSOCIATE-RQ yet (transport open, DUL state Sta2)."""
+    return (assoc.requestor.primitive is None and not assoc.is_established
+            and assoc.dul.state_machine.current_state == "Sta2")
+
+
+def close_unnegotiated(assoc: Any) -> None:
+    """Close a connection that never sent an A-ASSOCIATE-RQ, now rather than at the ACSE timeout.
+
+    Shutting the TCP socket down makes pynetdicom's DUL see the transport close (Sta2 + Evt17 -> AA-5 -> Sta1, valid
+    in every state); the acceptor thread, which waits up to the ACSE timeout for the request, is then woken with
+    an empty primitive and ends as on that timeout.
+    """
+    sock = getattr(assoc.dul.socket, "socket", None)
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass  # already closed by the peer
+    assoc.dul.to_user_queue.put(None)
 
 
 def _status(code: int, comment: str) -> Dataset:
@@ -229,14 +254,37 @@ class StorageSCP:
 
     def stop(self, drain_timeout: float = 30.0) -> None:
         """Refuse new associations (transient reject), wait up to ``drain_timeout`` s for open ones to finish, abort
-        the rest, close the socket."""
+        the rest, close the socket.
+
+        A connection that has not sent its A-ASSOCIATE-RQ within ``UNNEGOTIATED_GRACE_S`` (a bare TCP connect, a
+        port scanner, a stuck peer) is closed at once instead of holding the drain until the ACSE timeout;
+        established associations keep the full drain time.
+        """
         if self._server is None:
             return
         self._draining = True
         deadline = time.monotonic() + max(0.0, drain_timeout)
-        while self._server.active_associations and time.monotonic() < deadline:
+        closed: set[int] = set()
+        while time.monotonic() < deadline:
+            waiting = []
+            for assoc in self._server.active_associations:
+                if id(assoc) in closed:
+                    continue  # its thread is ending
+                if not awaiting_request(assoc):
+                    waiting.append(assoc)
+                elif id(assoc) not in closed:
+                    silent = time.monotonic() - getattr(assoc, "dicom_node_connected_at", 0.0)
+                    if silent >= UNNEGOTIATED_GRACE_S:
+                        close_unnegotiated(assoc)
+                        closed.add(id(assoc))
+                    else:  # just connected: give it the chance to send its request and get a proper reject
+                        waiting.append(assoc)
+            if not waiting:
+                break
             time.sleep(0.05)
-        remaining = self._server.active_associations
+        if closed:
+            log.info("SCP stop: closed %d connection(s) that had not sent an association request", len(closed))
+        remaining = [a for a in self._server.active_associations if id(a) not in closed and not awaiting_request(a)]
         if remaining:
             log.warning("SCP stop: aborting %d association(s) still open after %.1f s", len(remaining), drain_timeout)
             for assoc in remaining:

@@ -171,7 +171,7 @@ class Node:
                         "again, %d partial temp file(s) removed", jobs, sends, removed)
 
         self.pool = WorkerPool(self.holder.path, self.storage_override, node.workers, self.queue,
-                               on_outbound=self._wake_senders)
+                               on_outbound=self._wake_senders, max_worker_deaths=node.max_worker_deaths_per_job)
         self.pool.start()
         self.notifier.status(f"starting: {node.workers} worker(s) building pipelines")
         self.scp = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored)
@@ -293,6 +293,7 @@ class Node:
                 previous, self.scp = self.scp, replacement
                 threading.Thread(target=previous.stop, args=(self.drain_timeout_s,), daemon=True).start()
                 log.info("listener moved to %s:%d; the old one drains", new.node.bind, self.scp.port)
+        self.pool.max_worker_deaths = new.node.max_worker_deaths_per_job
         self.pool.reload(new.node.workers)
         self._sync_senders()
         self.notifier.ready(self._status_line())

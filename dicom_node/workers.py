@@ -12,7 +12,9 @@ is forwarded even when processing failed (forwarding is a routing decision, not 
 A pipeline exception ends that job in ``error`` with a PHI-free message; the worker goes on. Pipelines are built
 once per worker per configuration generation (``WorkerPool.reload`` bumps the generation; each worker re-reads the
 validated file) and a worker reports ready only after building them (model warm-up). A worker that dies is
-replaced; the job it was running is ended in ``error`` (a job that kills its worker is not retried in a loop).
+replaced; the job it was running goes back to ``pending`` (``JobQueue.requeue_worker``) and runs again on another
+worker, unless workers already died ``max_worker_deaths`` times on it: then it ends in ``error`` (a job that kills
+its worker is not retried in a loop).
 Jobs left ``running`` by a crash of the whole node are taken again at the next start (``requeue_interrupted``).
 Workers die with the main process (``PR_SET_PDEATHSIG``), so a killed node leaves no orphans.
 """
@@ -304,6 +306,7 @@ class WorkerPool:
         queue: Any,
         on_outbound: Callable[[list[str]], None] | None = None,
         start_method: str = "spawn",
+        max_worker_deaths: int = 2,
     ) -> None:
         self.config_path = Path(config_path)
         self.storage_override = storage_override
@@ -317,6 +320,9 @@ class WorkerPool:
         self._stopping = False
         self.replaced = 0
         self.jobs_finished = 0
+        self.max_worker_deaths = max(1, int(max_worker_deaths))  # see JobQueue.requeue_worker
+        self.jobs_requeued = 0  # jobs put back to pending because their worker died
+        self.jobs_failed_by_deaths = 0  # jobs ended in error after max_worker_deaths deaths
         self.fatal = ""  # set when workers keep dying at startup: the service gives up (systemd restarts it)
         self._quick_deaths = 0
 
@@ -453,6 +459,8 @@ class WorkerPool:
             if not slot.process.is_alive():
                 self._close(slot)
                 self._retiring.remove(slot)
+                if slot.process.exitcode:  # died rather than stopped after its job
+                    self._requeue(slot)
         for index, slot in list(self._slots.items()):
             proc = slot.process
             if proc.is_alive() or proc.pid is None:
@@ -460,9 +468,7 @@ class WorkerPool:
             if slot.wake.closed:
                 continue  # already handled (stopping)
             self._close(slot)
-            if slot.current_job is not None:
-                self._fail_job(slot.current_job, proc.exitcode)
-                slot.current_job = None
+            self._requeue(slot)
             if self._stopping:
                 continue
             if slot.ready_generation < 0 and time.monotonic() - slot.started_at < QUICK_DEATH_S:
@@ -478,18 +484,27 @@ class WorkerPool:
             self.replaced += 1
             self._slots[index] = self._spawn(index)
 
-    def _fail_job(self, job_id: int, exitcode: int | None) -> None:
-        from dicom_node.jobqueue import JobStateError
-
+    def _requeue(self, slot: _Slot) -> None:
+        """The worker of ``slot`` died: its running jobs (by the name it claimed with, so a job claimed just before
+        the death counts too) go back to pending, or end in error after ``max_worker_deaths`` deaths."""
+        exitcode = slot.process.exitcode
         how = f"killed by signal {-exitcode}" if exitcode is not None and exitcode < 0 else f"exit code {exitcode}"
+        slot.current_job = None
         try:
-            self.queue.finish_job(
-                job_id, status="error",
-                error=f"worker process died ({how}) while processing this job; not retried automatically",
-            )
-            log.error("job %s ended in error: its worker died (%s)", job_id, how)
-        except JobStateError:
-            pass  # it had finished after all
+            done = self.queue.requeue_worker(f"worker-{slot.index}-{slot.process.pid}", self.max_worker_deaths,
+                                             f"worker process died ({how})")
+        except Exception:  # noqa: BLE001 - the pool must go on; the jobs are taken again at the next start
+            log.exception("cannot requeue the jobs of dead worker %d", slot.index)
+            return
+        self.jobs_requeued += len(done.requeued)
+        self.jobs_failed_by_deaths += len(done.failed)
+        for job_id in done.requeued:
+            log.error("job %s queued again: its worker died (%s)", job_id, how)
+        for job_id in done.failed:
+            log.error("job %s ended in error: workers died %d times while processing it (last: %s)", job_id,
+                      self.max_worker_deaths, how)
+        if done.requeued:
+            self.notify_work()
 
     def alive(self) -> int:
         return sum(1 for s in self._slots.values() if s.process.is_alive())
