@@ -375,6 +375,11 @@ class JobQueue:
                                  summary if isinstance(summary, dict) else {}))
         return out
 
+    def open_job_ids(self) -> list[int]:
+        """Ids of the jobs not ended yet (pending or running)."""
+        rows = self._conn().execute("SELECT id FROM jobs WHERE status IN ('pending', 'running')").fetchall()
+        return [int(r["id"]) for r in rows]
+
     def max_job_id(self) -> int:
         row = self._conn().execute("SELECT MAX(id) AS m FROM jobs").fetchone()
         return int(row["m"] or 0)

@@ -43,6 +43,7 @@ from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAsso
 
 from dicom_node.config_schema import NodeConfig, NodeSettings
 from dicom_node.jobqueue import JobQueue
+from dicom_node.metrics import Counters
 from dicom_node.pipeline import ReceivedObject
 from dicom_node.sopclasses import (
     VERIFICATION,
@@ -182,6 +183,7 @@ class StorageSCP:
         spool: Spool,
         queue: JobQueue,
         on_stored: Callable[[ReceivedObject], None] | None = None,
+        counters: Counters | None = None,
     ) -> None:
         self._config_getter = config_getter
         self.spool = spool
@@ -194,6 +196,8 @@ class StorageSCP:
         self._contexts_key: tuple[tuple[str, ...], tuple[str, ...]] | None = None
         self._contexts: list[PresentationContext] = []
         self._stats = {"stored": 0, "failed": 0, "rejected_associations": 0, "bytes": 0}
+        # the node's metrics counters (outlive this listener when a reload moves it); private ones when not given
+        self.counters = counters if counters is not None else Counters()
 
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
@@ -320,9 +324,13 @@ class StorageSCP:
                 self._contexts_key, self._contexts = key, contexts
             return self._contexts
 
-    def _reject(self, assoc: Any, rsd: tuple[int, int, int], why: str, calling: str, called: str) -> None:
+    def _reject(
+        self, assoc: Any, rsd: tuple[int, int, int], why: str, calling: str, called: str, reason: str
+    ) -> None:
+        """``reason``: the metrics label (one of ``metrics.REJECT_REASONS``)."""
         address = assoc.requestor.address
         self._count("rejected_associations")
+        self.counters.inc("dicomnode_associations_rejected_total", reason=reason)
         log.warning("rejected association from AE %r at %s to %r: %s (A-ASSOCIATE-RJ result=%d source=%d reason=%d)",
                     calling, address, called, why, *rsd)
         assoc.acse.send_reject(*rsd)
@@ -343,29 +351,32 @@ class StorageSCP:
         self.spool.min_free_disk_mb = node.min_free_disk_mb
         self.spool.duplicate_policy = node.duplicate_policy
         if self._draining:
-            self._reject(assoc, REJECT_CONGESTION, "node is shutting down", calling, called)
+            self._reject(assoc, REJECT_CONGESTION, "node is shutting down", calling, called, "shutting_down")
             return
         if node.require_called_ae and called != node.ae_title.strip():
-            self._reject(assoc, REJECT_CALLED_AE, f"called AE title is not {node.ae_title!r}", calling, called)
+            self._reject(assoc, REJECT_CALLED_AE, f"called AE title is not {node.ae_title!r}", calling, called,
+                         "called_ae")
             return
         if node.allowed_callers:
             names = [c for c in node.allowed_callers if c.ae_title.strip() == calling]
             if not names:
-                self._reject(assoc, REJECT_CALLING_AE, "calling AE title not in allowed_callers", calling, called)
+                self._reject(assoc, REJECT_CALLING_AE, "calling AE title not in allowed_callers", calling, called,
+                             "calling_ae")
                 return
             if all(c.host is not None and address not in _addresses(c.host) for c in names):
                 self._reject(assoc, REJECT_CALLING_AE, "calling AE title not allowed from this host", calling,
-                             called)
+                             called, "calling_host")
                 return
         active = len(self._server.active_associations) if self._server is not None else 0
         if active > max(1, node.max_associations):
             self._reject(assoc, REJECT_LIMIT, f"{active - 1} associations already open (max {node.max_associations})",
-                         calling, called)
+                         calling, called, "limit")
             return
         assoc.acceptor.supported_contexts = copy.deepcopy(self._supported_contexts(node))
 
     def _on_accepted(self, event: Any) -> None:
         assoc = event.assoc
+        self.counters.inc("dicomnode_associations_accepted_total")
         refused = sorted({sop_class_name(str(cx.abstract_syntax)) for cx in assoc.rejected_contexts})
         shown = ", ".join(refused[:8]) + (f" and {len(refused) - 8} more" if len(refused) > 8 else "")
         log.info("association from AE %r at %s accepted: %d presentation contexts accepted, %d refused%s",
@@ -380,6 +391,7 @@ class StorageSCP:
 
     def _on_echo(self, event: Any) -> int:
         log.info("C-ECHO from AE %r", event.assoc.requestor.ae_title)
+        self.counters.inc("dicomnode_cecho_total")
         return STATUS_SUCCESS
 
     def _on_store(self, event: Any) -> int | Dataset:
@@ -422,6 +434,7 @@ class StorageSCP:
             data.release()
         if stored.duplicate == "kept":
             self._count("stored")
+            self.counters.inc("dicomnode_cstore_total", status=f"0x{STATUS_SUCCESS:04X}")
             return STATUS_SUCCESS
         try:
             job_id = self.queue.add_job(stored.received_object())
@@ -436,6 +449,8 @@ class StorageSCP:
     def _stored(self, stored: StoredObject, job_id: int, what: str, t0: float) -> None:
         self._count("stored")
         self._count("bytes", stored.size_bytes)
+        self.counters.inc("dicomnode_cstore_total", status=f"0x{STATUS_SUCCESS:04X}")
+        self.counters.inc("dicomnode_received_bytes_total", stored.size_bytes)
         log.info("stored %s: %d bytes, job %d%s in %.1f ms", what, stored.size_bytes, job_id,
                  f" ({stored.duplicate} duplicate)" if stored.duplicate else "", (time.perf_counter() - t0) * 1e3)
         if self.on_stored is not None:
@@ -446,5 +461,6 @@ class StorageSCP:
 
     def _fail(self, code: int, comment: str, what: str, exc: BaseException) -> Dataset:
         self._count("failed")
+        self.counters.inc("dicomnode_cstore_total", status=f"0x{code:04X}")
         log.error("C-STORE %s failed with status 0x%04X: %s", what, code, exc)
         return _status(code, comment)

@@ -17,6 +17,10 @@ Signals:
 
 systemd (``Type=notify``): READY=1 once the listener is up and every worker has built its pipelines; WATCHDOG=1
 every half ``WatchdogSec`` from the main loop; STATUS= lines; RELOADING=1/READY=1 around a reload; STOPPING=1.
+
+With ``node.metrics_port``, ``/metrics`` (Prometheus text) and ``/healthz`` are served from the listener's start
+until the end of the drain (``dicom_node.metrics``); a reload that changes ``metrics_bind``/``metrics_port`` moves
+them.
 """
 
 from __future__ import annotations
@@ -132,6 +136,18 @@ class Node:
         self.senders: dict[str, Any] = {}
         self.queue: Any = None
         self.spool: Any = None
+        # metrics: main-process counters (they outlive a listener moved by a reload and removed senders)
+        from dicom_node.metrics import Counters
+
+        self.counters = Counters()
+        self.scanner: Any = None
+        self.metrics_server: Any = None
+        self.config_generation = 0
+        self.last_reload: tuple[bool, float] | None = None
+        self._retired_sends: dict[str, dict[str, int]] = {}
+        self._pool_view = (0, 0, 0)  # (configured, alive, ready), refreshed by the main thread only
+        self._draining = False
+        self._started_at = time.time()
 
     # -- signals -------------------------------------------------------------------------------------------------
 
@@ -173,9 +189,12 @@ class Node:
         self.pool = WorkerPool(self.holder.path, self.storage_override, node.workers, self.queue,
                                on_outbound=self._wake_senders, max_worker_deaths=node.max_worker_deaths_per_job)
         self.pool.start()
+        self._refresh_pool_view()
         self.notifier.status(f"starting: {node.workers} worker(s) building pipelines")
-        self.scp = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored)
+        self.scp = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored,
+                              counters=self.counters)
         self.scp.start()
+        self._start_metrics(node)
         self._sync_senders()
         self.pool.notify_work()  # jobs queued before the start
 
@@ -188,7 +207,11 @@ class Node:
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
 
-        ready = self.pool.wait_ready(self.ready_timeout_s, between=lambda: (ping(), self._check_stop_during_start()))
+        ready = self.pool.wait_ready(
+            self.ready_timeout_s,
+            between=lambda: (ping(), self._refresh_pool_view(), self._check_stop_during_start()),
+        )
+        self._refresh_pool_view()
         if self._stop.is_set():
             return self.shutdown()
         if not ready:
@@ -205,6 +228,7 @@ class Node:
         last_status = time.monotonic()
         while not self._stop.is_set():
             self.pool.tick(0.25)
+            self._refresh_pool_view()
             ping()
             if self._reload.is_set():
                 self._reload.clear()
@@ -225,6 +249,7 @@ class Node:
     def shutdown(self) -> int:
         """Drain in order: listener, workers, senders. Returns 0."""
         t0 = time.monotonic()
+        self._draining = True  # /healthz answers 503 from now on
         self.notifier.stopping("draining: closing the listener")
         done = threading.Event()
         watchdog_s = watchdog_interval_s()
@@ -256,6 +281,8 @@ class Node:
             sender.join(self.drain_timeout_s + 5)
         summary = self.queue.outbound_summary() if self.queue is not None else {}
         left = {d: c["pending"] + c["sending"] for d, c in summary.items() if c["pending"] + c["sending"]}
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         log.info("stopped in %.1f s%s", time.monotonic() - t0,
                  f"; still queued for the next start: {left}" if left else "")
         self.notifier.close()
@@ -269,11 +296,14 @@ class Node:
         old = self.holder.current
         self.notifier.reloading()
         ok, message = self.holder.reload()
+        self.last_reload = (ok, time.time())
+        self.counters.inc("dicomnode_config_reloads_total", result="applied" if ok else "refused")
         if not ok:
             log.error("SIGHUP: %s", message)
             self.notifier.ready(f"reload refused (errors in {self.holder.path}); running the previous configuration")
             return False
         new = self.holder.current
+        self.config_generation += 1
         log.info("SIGHUP: %s", message)
         apply_log_level(new.node.log_level)
         from dicom_node.logsafe import set_debug_phi
@@ -283,7 +313,8 @@ class Node:
             log.warning("node.storage changed to %s: takes effect at the next restart (still using %s)",
                         new.node.storage, old.node.storage)
         if (new.node.bind, new.node.port) != (old.node.bind, old.node.port):
-            replacement = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored)
+            replacement = StorageSCP(lambda: self.holder.current, self.spool, self.queue, on_stored=self._on_stored,
+                                     counters=self.counters)
             try:
                 replacement.start()
             except OSError as exc:
@@ -293,6 +324,8 @@ class Node:
                 previous, self.scp = self.scp, replacement
                 threading.Thread(target=previous.stop, args=(self.drain_timeout_s,), daemon=True).start()
                 log.info("listener moved to %s:%d; the old one drains", new.node.bind, self.scp.port)
+        if (new.node.metrics_bind, new.node.metrics_port) != (old.node.metrics_bind, old.node.metrics_port):
+            self._move_metrics(new.node)
         self.pool.max_worker_deaths = new.node.max_worker_deaths_per_job
         self.pool.reload(new.node.workers)
         self._sync_senders()
@@ -312,7 +345,11 @@ class Node:
         for name in sorted(set(self.senders) - wanted):
             log.warning("destination %s removed from the configuration: its queued items wait until it returns",
                         name)
-            self.senders.pop(name).stop(0)
+            sender = self.senders.pop(name)
+            sender.stop(0)
+            kept = self._retired_sends.setdefault(name, {"ok": 0, "retry": 0, "dead": 0})
+            for key, value in (("ok", sender.sent), ("retry", sender.retried), ("dead", sender.dead)):
+                kept[key] += int(value)
 
     def _wake_senders(self, destinations: list[str]) -> None:
         for name in destinations:
@@ -323,6 +360,94 @@ class Node:
     def _on_stored(self, obj: Any) -> None:
         if self.pool is not None:
             self.pool.notify_work()
+
+    # -- metrics -------------------------------------------------------------------------------------------------
+
+    def _refresh_pool_view(self) -> None:
+        """Main thread: publish (configured, alive, ready) for the metrics thread (processes are polled here only)."""
+        if self.pool is not None:
+            self._pool_view = (self.pool.size, self.pool.alive(), self.pool.ready_count())
+
+    def _start_metrics(self, node: Any) -> None:
+        from dicom_node.metrics import JobStatsScanner, MetricsServer
+
+        if self.scanner is None:
+            self.scanner = JobStatsScanner(self.queue)
+        if node.metrics_port is None:
+            return
+        server = MetricsServer(node.metrics_bind, node.metrics_port, self.render_metrics, self.health)
+        try:
+            server.start()
+        except OSError as exc:  # the DICOM service matters more than its metrics: log and go on
+            log.error("metrics: cannot listen on %s:%d (%s); /metrics is not served", node.metrics_bind,
+                      node.metrics_port, exc)
+            return
+        self.metrics_server = server
+
+    def _move_metrics(self, node: Any) -> None:
+        old = self.metrics_server
+        if old is not None:
+            old.stop()
+            self.metrics_server = None
+        self._start_metrics(node)
+
+    def metrics_state(self) -> Any:
+        """A ``metrics.NodeState`` of this moment (any thread)."""
+        import shutil
+
+        from dicom_node.metrics import NodeState
+
+        config = self.holder.current
+        configured, alive, ready = self._pool_view
+        scp = self.scp
+        try:
+            port: int | None = scp.port if scp is not None else None
+        except RuntimeError:
+            port = None
+        sends: dict[str, dict[str, int]] = {d: dict(c) for d, c in self._retired_sends.items()}
+        for name, sender in list(self.senders.items()):
+            mine = sends.setdefault(name, {"ok": 0, "retry": 0, "dead": 0})
+            mine["ok"] += int(sender.sent)
+            mine["retry"] += int(sender.retried)
+            mine["dead"] += int(sender.dead)
+        storage = self.spool.root if self.spool is not None else config.node.storage
+        try:
+            free = shutil.disk_usage(storage).free
+        except OSError:
+            free = 0
+        pool = self.pool
+        return NodeState(
+            listening=port is not None,
+            draining=self._draining,
+            active_associations=scp.active_associations() if scp is not None else 0,
+            workers_configured=configured,
+            workers_alive=alive,
+            workers_ready=ready,
+            worker_restarts=pool.replaced if pool is not None else 0,
+            jobs_requeued=pool.jobs_requeued if pool is not None else 0,
+            jobs_failed_by_worker_deaths=pool.jobs_failed_by_deaths if pool is not None else 0,
+            config_generation=self.config_generation,
+            last_reload_ok=None if self.last_reload is None else self.last_reload[0],
+            last_reload_at=None if self.last_reload is None else self.last_reload[1],
+            sends=sends,
+            disk_free_bytes=int(free),
+            disk_watermark_bytes=int(config.node.min_free_disk_mb * 1024 * 1024),
+            started_at=self._started_at,
+            port=port,
+        )
+
+    def render_metrics(self) -> str:
+        from dicom_node.metrics import render
+
+        return render(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
+
+    def _extra_gauges(self) -> dict[str, Any]:
+        return {}
+
+    def health(self) -> tuple[bool, str]:
+        from dicom_node.metrics import health
+
+        return health(self.metrics_state())
 
     def _status_line(self) -> str:
         counts = self.queue.job_counts() if self.queue is not None else {}

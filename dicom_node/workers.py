@@ -367,6 +367,11 @@ class WorkerPool:
         gen = self.generation
         return bool(self._slots) and all(s.ready_generation >= gen for s in self._slots.values())
 
+    def ready_count(self) -> int:
+        """Workers that built the pipelines of the current generation."""
+        gen = self.generation
+        return sum(1 for s in self._slots.values() if s.ready_generation >= gen)
+
     def wait_ready(self, timeout_s: float, between: Callable[[], None] | None = None) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,8 +1,9 @@
 """A test-only pipeline that kills its worker process on a marked object, and a launcher that registers it.
 
-Run the node as ``python -m tests.crash_pipeline serve --config F``: importing this module registers pipeline
-``crash-test`` in ``dicom_node.pipeline.PIPELINES`` in the main process, and multiprocessing's ``spawn`` re-imports
-the main module in every worker, so the workers know it too. The product's registry never contains it.
+Run the node as ``python -m tests.crash_pipeline serve --config F``: run as the main module it registers pipeline
+``crash-test`` in ``dicom_node.pipeline.PIPELINES``, and multiprocessing's ``spawn`` re-runs the main module (as
+``__mp_main__``) in every worker, so the workers know it too. A plain import (pytest) registers nothing: the
+product's registry never contains it.
 
 The pipeline decodes the received pixels (pydicom) and reports ``decode_ms``; an object whose ImageComments is
 ``KILL-WORKER`` makes the worker exit at once with ``os._exit(70)`` (like a native crash in a decoder), so the job
@@ -19,7 +20,8 @@ from dicom_node.pipeline import PIPELINES, PipelineOutcome, ReceivedObject
 KILL_MARKER = "KILL-WORKER"
 PIPELINE_NAME = "crash-test"
 
-PIPELINES.setdefault(PIPELINE_NAME, "tests.crash_pipeline:CrashOnMarkerPipeline")
+if __name__ in ("__main__", "__mp_main__"):  # the node's main process and its spawned workers, not pytest's
+    PIPELINES.setdefault(PIPELINE_NAME, "tests.crash_pipeline:CrashOnMarkerPipeline")
 
 
 class CrashOnMarkerPipeline:

@@ -154,7 +154,7 @@ def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-un
 def test_a_poison_object_is_retried_then_failed_without_a_crash_loop(
     crash_node: ModuleNodeProcess, tmp_path: Path
 ) -> None:
-    assert PIPELINE_NAME not in PIPELINES or PIPELINES[PIPELINE_NAME].startswith("tests.")
+    assert PIPELINE_NAME not in PIPELINES  # registered only inside the node's processes
     files = make_small_images(tmp_path / "in", 4)
     ds = dcmread(files[0])
     ds.ImageComments = KILL_MARKER
