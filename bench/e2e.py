@@ -468,8 +468,7 @@ def run_pass(receiver: Receiver, args: argparse.Namespace, work: Path, scouts: l
         ready_s = node.start()
         print(f"   node ready (workers built, model warm) in {ready_s:.1f} s", flush=True)
         m = Measurer(receiver, node_port, model_version, args.timeout)
-        for f in warm:  # first jobs of a fresh worker import lazily; not counted
-            m.send([f], "warm-up")
+        m.send(warm, "warm-up")  # one association: each worker takes one (first jobs pay lazy imports); not counted
         load = [os.getloadavg()[0]]
         cpu0, t_cpu0 = node.cpu_seconds(), time.time()
         single: list[Sample] = []
