@@ -9,12 +9,21 @@ from collections.abc import Sequence
 import highdicom as hd
 from pydicom.dataset import Dataset
 
-from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 from sr_writer.source import SourceHeader, read_source_header
-from sr_writer.sr import _report, build_groups, contributing_equipment, finish, image_notes, sr_document
+from sr_writer.sr import (
+    FAST_PATH_SOURCE_CLASSES,
+    _report,
+    build_groups,
+    document_arguments,
+    fast_document,
+    finish,
+    image_notes,
+    sr_document,
+)
+from sr_writer.sr_content import content_sequence
 
 
 def _name_scoord_images(item: Dataset) -> None:
@@ -32,24 +41,19 @@ def write_plain_sr(
     ctx: ResultContext,
     *,
     header: SourceHeader | None = None,
-) -> hd.sr.ComprehensiveSR:
+    reference: bool = False,
+) -> Dataset:
+    """Plain Comprehensive SR of ``detections`` on ``source``; ``reference=True``: built from highdicom templates
+    (the slow reference the fast path is tested against, see ``sr_writer.sr.write_sr``)."""
     header = header or read_source_header(source)
-    uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, "plain_sr")
-    groups = build_groups(header, detections, measurements, ctx, with_3d=False)
-    sr = sr_document(
-        hd.sr.ComprehensiveSR,
-        header,
-        _report(header, groups, ctx, image_notes(header, measurements)),
-        series_instance_uid=uids["SeriesInstanceUID"],
-        series_number=ctx.series_number("plain_sr"),
-        sop_instance_uid=uids["SOPInstanceUID"],
-        instance_number=1,
-        manufacturer=ctx.manufacturer,
-        institution_name=ctx.institution_name,
-        institutional_department_name=ctx.institutional_department_name,
-        is_complete=True,
-        contributing_equipment=[contributing_equipment(ctx)],
-    )
-    for item in sr.ContentSequence:
-        _name_scoord_images(item)
+    notes = image_notes(header, measurements)
+    kwargs = document_arguments(header, ctx, "plain_sr")
+    if reference or str(header.dataset.SOPClassUID) not in FAST_PATH_SOURCE_CLASSES:
+        groups = build_groups(header, detections, measurements, ctx, with_3d=False)
+        sr: Dataset = sr_document(hd.sr.ComprehensiveSR, header, _report(header, groups, ctx, notes), **kwargs)
+        for item in sr.ContentSequence:
+            _name_scoord_images(item)
+    else:
+        content = content_sequence(header, detections, measurements, ctx, notes, with_3d=False)
+        sr = fast_document(hd.sr.ComprehensiveSR, header, content, **kwargs)
     return finish(sr, ctx, f"AI regions SR, 2D ({ctx.model.name} {ctx.model.version})", True)

@@ -4,10 +4,11 @@ Content tree (see docs/RESULTS.md for the reasoning):
 
 * Root: Imaging Measurement Report, language, device observer (Device UID of the model), procedure reported
   from the source modality (LN 25045-6 CT / 43468-8 XR unspecified body region), image library (TID 1600, built
-  here so that CR/DX without orientation or spacing still get a valid entry).
+  here so that CR/DX without orientation or spacing still get a valid entry), and a Qualitative Evaluations
+  container with the TEXT notes (geometry level, isocenter source, what could not be computed and why).
 * Imaging Measurements:
-  - one TID 1501 image group ("image"): number of regions, image-level quantities, geometry level, isocenter
-    source and every note on what could not be computed (TEXT),
+  - a TID 1501 image group ("image": number of regions, image-level quantities), only when there is no region
+    or there are image quantities,
   - per region one TID 1410 group: Tracking Identifier ("CHEST region 1") and Tracking UID, finding category
     (anatomical structure), finding type and finding site (the model card's concept), Algorithm Identification
     (TID 4019), geometric purpose "Bounded by", the box as a closed SCOORD POLYLINE on the source image and the
@@ -15,6 +16,10 @@ Content tree (see docs/RESULTS.md for the reasoning):
   - per region with a patient frame (CT localizers) a second TID 1410 group with the same Tracking Identifier
     and UID whose ROI is the box as a SCOORD3D POLYGON in the source's Frame of Reference (TID 1410 allows one
     ROI per group).
+
+Writing: ``sr_writer.sr_content`` encodes this tree directly as bytes (the default, ~10 ms for five regions);
+``build_groups`` / ``_report`` build it from highdicom templates (``reference=True``, ~150 ms), the reference the
+fast path is tested against byte for byte (tests/test_sr.py).
 """
 
 from __future__ import annotations
@@ -25,8 +30,11 @@ from dataclasses import dataclass, field
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
+from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
+from pydicom.tag import Tag
+from pydicom.uid import ExplicitVRLittleEndian
 
 from dicom_node.uids import derived_uid, result_uids
 from inference.types import (
@@ -60,11 +68,16 @@ def _measurement(spec: C.QuantitySpec, value: float, estimated: bool | None) -> 
     return hd.sr.Measurement(name=spec.name, value=float(value), unit=C.unit(spec.unit), method=method)
 
 
-def _quantity_measurement(q: Quantity) -> hd.sr.Measurement:
+def checked_spec(q: Quantity) -> C.QuantitySpec:
+    """How ``q`` is written; ValueError when it is not in the unit the SR writes its kind in."""
     spec = C.spec_for(q.kind)
     if q.unit != spec.unit:
         raise ValueError(f"quantity {q.kind} in {q.unit!r}; the SR writes it in {spec.unit!r} (convert first)")
-    return _measurement(spec, q.value, q.estimated)
+    return spec
+
+
+def _quantity_measurement(q: Quantity) -> hd.sr.Measurement:
+    return _measurement(checked_spec(q), q.value, q.estimated)
 
 
 def region_pairs(
@@ -389,24 +402,12 @@ def sr_document(cls: type, header: SourceHeader, report: hd.sr.MeasurementReport
     return doc
 
 
-def write_sr(
-    source: Dataset,
-    detections: Sequence[Detection],
-    measurements: ImageMeasurements | None,
-    ctx: ResultContext,
-    *,
-    header: SourceHeader | None = None,
-) -> hd.sr.Comprehensive3DSR:
-    """Comprehensive 3D SR (TID 1500) of ``detections`` on ``source``; same patient and study, new series."""
-    header = header or read_source_header(source)
-    uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, "sr")
-    groups = build_groups(header, detections, measurements, ctx, with_3d=True)
-    sr = sr_document(
-        hd.sr.Comprehensive3DSR,
-        header,
-        _report(header, groups, ctx, image_notes(header, measurements)),
+def document_arguments(header: SourceHeader, ctx: ResultContext, kind: str) -> dict[str, object]:
+    """Keyword arguments of highdicom's SR constructor for result ``kind`` ("sr" or "plain_sr")."""
+    uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, kind)
+    return dict(
         series_instance_uid=uids["SeriesInstanceUID"],
-        series_number=ctx.series_number("sr"),
+        series_number=ctx.series_number(kind),
         sop_instance_uid=uids["SOPInstanceUID"],
         instance_number=1,
         manufacturer=ctx.manufacturer,
@@ -415,6 +416,73 @@ def write_sr(
         is_complete=True,
         contributing_equipment=[contributing_equipment(ctx)],
     )
+
+
+# Source image classes whose SRs the fast path is tested to write identically (tests/test_sr.py).
+# Any other class (e.g. multi-frame, where highdicom's image-region rules depend on the class) is written by the
+# highdicom builder.
+FAST_PATH_SOURCE_CLASSES = frozenset((
+    "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
+    "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
+    "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
+))
+
+
+def fast_document(cls: type, header: SourceHeader, content: bytes, **kwargs: object) -> Dataset:
+    """The SR document with ``content`` (encoded root Content Sequence items) as its content tree.
+
+    highdicom builds the document level (patient, study, series, equipment, SOP common, evidence, flags) around
+    a shell root whose only child references the source image (so the evidence is the same as for the full
+    tree); the shell's Content Sequence is then replaced by ``content`` as one raw element. A plain pydicom
+    Dataset is returned (highdicom's parsed ``.content`` would describe the shell): read it with ``read_sr``.
+    The dataset is marked as Explicit VR Little Endian so that pydicom writes the raw tree as it is.
+    """
+    ds = header.dataset
+    shell = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
+    shell.ContentSequence = [hd.sr.ImageContentItem(
+        name=CodedConcept("260753009", "SCT", "Source"),
+        referenced_sop_class_uid=ds.SOPClassUID,
+        referenced_sop_instance_uid=ds.SOPInstanceUID,
+        relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
+    )]
+    doc = cls(evidence=[ds], content=shell, **kwargs)
+    out = Dataset(doc)  # shares the elements; drops highdicom's view of the shell
+    out.file_meta = doc.file_meta
+    out.preamble = doc.preamble
+    out[_CONTENT_SEQUENCE] = RawDataElement(_CONTENT_SEQUENCE, "SQ", len(content), content, 0, False, True)
+    if out.file_meta.TransferSyntaxUID == ExplicitVRLittleEndian:
+        out.set_original_encoding(False, True, out._character_set)
+    return out
+
+
+_CONTENT_SEQUENCE = Tag(0x0040A730)
+
+
+def write_sr(
+    source: Dataset,
+    detections: Sequence[Detection],
+    measurements: ImageMeasurements | None,
+    ctx: ResultContext,
+    *,
+    header: SourceHeader | None = None,
+    reference: bool = False,
+) -> Dataset:
+    """Comprehensive 3D SR (TID 1500) of ``detections`` on ``source``; same patient and study, new series.
+
+    The content tree is encoded directly (``sr_writer.sr_content``); ``reference=True`` builds it from highdicom
+    template objects instead (slow; the same bytes, kept as the reference the fast path is tested against).
+    """
+    header = header or read_source_header(source)
+    notes = image_notes(header, measurements)
+    if reference or str(header.dataset.SOPClassUID) not in FAST_PATH_SOURCE_CLASSES:
+        groups = build_groups(header, detections, measurements, ctx, with_3d=True)
+        sr: Dataset = sr_document(hd.sr.Comprehensive3DSR, header, _report(header, groups, ctx, notes),
+                                  **document_arguments(header, ctx, "sr"))
+    else:
+        from sr_writer.sr_content import content_sequence  # imports this module
+
+        content = content_sequence(header, detections, measurements, ctx, notes, with_3d=True)
+        sr = fast_document(hd.sr.Comprehensive3DSR, header, content, **document_arguments(header, ctx, "sr"))
     return finish(sr, ctx, f"AI regions SR ({ctx.model.name} {ctx.model.version})", True)
 
 

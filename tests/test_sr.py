@@ -31,6 +31,7 @@ from inference.types import (
 )
 from sr_writer import ResultContext, read_image_notes, read_sr, write_plain_sr, write_results, write_sr
 from sr_writer import codes as C
+from sr_writer.sr import FAST_PATH_SOURCE_CLASSES
 
 warnings.filterwarnings("ignore", message=".*exceeds the maximum length.*")
 
@@ -340,3 +341,184 @@ def test_roundtrip_with_simulator_and_measure_image() -> None:
     check_regions(read_sr(sr), dets, meas)
     notes = read_image_notes(sr)
     assert all(n[:1000] in notes for n in meas.notes)
+
+
+# ------------------------------------------------------------------------ fast path == highdicom reference
+# write_sr / write_plain_sr encode the content tree directly (sr_writer.sr_content); reference=True builds it from
+# highdicom template objects as before. Both must give the same document: same bytes (Explicit and Implicit VR),
+# the same tree item by item, and the same read_sr result.
+
+TIMESTAMPS = ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime")
+
+
+def _normalised(ds: Dataset) -> Dataset:
+    """``ds`` with the creation times (now() at writing) blanked; they must exist."""
+    for kw in TIMESTAMPS:
+        assert kw in ds, kw
+        setattr(ds, kw, "")
+    for eq in ds.ContributingEquipmentSequence:
+        if "ContributionDateTime" in eq:
+            eq.ContributionDateTime = ""
+    return ds
+
+
+def _encoded(ds: Dataset, implicit: bool = False) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_dataset
+
+    fp = DicomBytesIO()
+    fp.is_little_endian, fp.is_implicit_VR = True, implicit
+    write_dataset(fp, ds)
+    return fp.getvalue()
+
+
+def tree_differences(a: Dataset, b: Dataset, path: str = "") -> list[str]:
+    """Every element that differs (tag set, VR, value), recursing into sequences; paths name content items by
+    value type and concept name so that a failure says which item differs."""
+    out: list[str] = []
+    if list(a.keys()) != list(b.keys()):
+        out.append(f"{path}: elements {[e.keyword for e in a]} != {[e.keyword for e in b]}")
+        return out
+    for ea in a:
+        eb = b[ea.tag]
+        where = f"{path}/{ea.keyword or ea.tag}"
+        if ea.VR != eb.VR:
+            out.append(f"{where}: VR {ea.VR} != {eb.VR}")
+        elif ea.VR == "SQ":
+            if len(ea.value) != len(eb.value):
+                out.append(f"{where}: {len(ea.value)} items != {len(eb.value)}")
+                continue
+            for i, (ia, ib) in enumerate(zip(ea.value, eb.value, strict=True)):
+                label = ia.get("ValueType", "")
+                if "ConceptNameCodeSequence" in ia:
+                    label += " " + str(ia.ConceptNameCodeSequence[0].get("CodeMeaning", ""))
+                out += tree_differences(ia, ib, f"{where}[{i}]{'(' + label + ')' if label else ''}")
+        elif ea.value != eb.value:
+            out.append(f"{where}: {ea.value!r} != {eb.value!r}")
+    return out
+
+
+def assert_same_document(fast: Dataset, ref: Dataset) -> None:
+    fast, ref = _normalised(fast), _normalised(ref)
+    assert fast.file_meta == ref.file_meta
+    fast_bytes, ref_bytes = _encoded(fast), _encoded(ref)
+    parsed_fast, parsed_ref = (pydicom.dcmread(pydicom.filebase.DicomBytesIO(b), force=True) for b in
+                               (b"\0" * 128 + b"DICM" + _meta(ref) + fast_bytes,
+                                b"\0" * 128 + b"DICM" + _meta(ref) + ref_bytes))
+    diff = tree_differences(parsed_fast, parsed_ref)
+    assert not diff, "\n".join(diff[:20])
+    assert fast_bytes == ref_bytes
+    # the raw tree is re-encoded correctly for another transfer syntax
+    assert _encoded(fast, implicit=True) == _encoded(ref, implicit=True)
+    assert read_sr(parsed_fast) == read_sr(parsed_ref)
+    assert read_image_notes(parsed_fast) == read_image_notes(parsed_ref)
+
+
+def _meta(ds: Dataset) -> bytes:
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+
+    fp = DicomBytesIO()
+    write_file_meta_info(fp, ds.file_meta)
+    return fp.getvalue()
+
+
+def assert_fast_equals_reference(src: Dataset, dets, meas, context: ResultContext | None = None) -> None:
+    context = context or ctx()
+    assert str(src.SOPClassUID) in FAST_PATH_SOURCE_CLASSES
+    for write in (write_sr, write_plain_sr):
+        fast = write(src, dets, meas, context)
+        assert fast.get_item(0x0040A730).is_raw  # the fast path wrote it
+        assert_same_document(fast, write(src, dets, meas, context, reference=True))
+
+
+def test_fast_sr_equals_reference_for_every_real_file(realdata_files: list[Path], realdata_dir: Path) -> None:
+    for f in realdata_files:
+        src = pydicom.dcmread(f, stop_before_pixels=True)
+        dets = labelled_detections(realdata_dir, f.name)
+        assert_fast_equals_reference(src, dets, hand_measurements(src, dets))
+        assert_fast_equals_reference(src, dets, None)
+
+
+def test_fast_sr_equals_reference_for_simulated_cases() -> None:
+    try:
+        from inference.measure import measure_image
+        from inference.simulator.simulate import simulate_case
+    except ImportError as exc:
+        pytest.skip(f"simulator or measure_image not available in this checkout: {exc}")
+    for seed, kind in ((6, "ct_frontal"), (11, "ct_lateral"), (11, "dx")):
+        case = simulate_case(seed, kind=kind)
+        ds = case.dataset
+        dets = [Detection(r.label, CONCEPTS[r.label], 0.9, r.box_px, MODEL) for r in case.truth.regions]
+        values = ds.pixel_array * float(ds.get("RescaleSlope", 1) or 1) + float(ds.get("RescaleIntercept", 0) or 0)
+        assert_fast_equals_reference(ds, dets, measure_image(ds, dets, pixels=values))
+
+
+def test_fast_sr_equals_reference_for_edge_cases(realdata_dir: Path) -> None:
+    """Unusual inputs: no detection, image quantities beside one region, odd values, a long code value, long and
+    non-ASCII text (with and without a Specific Character Set), parameters, a model that is not AI."""
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    assert_fast_equals_reference(src, [], None)
+    assert_fast_equals_reference(src, [], ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT))
+    meas = hand_measurements(src, dets[:1])
+    odd = RegionMeasurement(
+        Detection("LIVER", CodedConcept("10200004", "SCT", "Liver"), 1.0, Box(0, 0, 716, 512), MODEL),
+        (Quantity(QuantityKind.BOX_WIDTH, 1e-20, "mm"), Quantity(QuantityKind.BOX_HEIGHT, 123456789.125, "mm"),
+         Quantity(QuantityKind.SSDE, 7, "mGy", estimated=True, method="Größe ≥ 3 cm; " + "x" * 1500)),
+        ((QuantityKind.DLP, "täble ñot found"),),
+        ((-1.5, 2.0, 3.0), (4.0, 2.0, 6.0), (4.0, 2.0, -9.0), (-1.5, 2.0, -9.0)),
+    )
+    long_code = Detection("SPINE", CodedConcept("1234567890123456789", "SCT", "Spine (long code)"), 0.123456789,
+                          Box(1.25, 2.5, 3.75, 5.0), MODEL)
+    meas = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, meas.regions + (odd,), view="frontal",
+                             isocenter_lps_mm=(1.0, 2.0, 3.0), isocenter_source="ß" * 2000,
+                             notes=("ünïcode note", ""), image_quantities=meas.image_quantities)
+    all_dets = [dets[0], odd.detection, long_code]
+    other = ResultContext(model=ModelIdentity("détecteur", "2.0", family="rule based"),
+                          algorithm_parameters=("score_threshold=0.5", "nms=0.4"), institution_name="Hôpital")
+    assert_fast_equals_reference(src, all_dets, meas, other)
+    utf8 = Dataset()
+    utf8.update(src)
+    utf8.SpecificCharacterSet = "ISO_IR 192"
+    assert_fast_equals_reference(utf8, all_dets, meas, other)
+    latin1 = Dataset()
+    latin1.update(src)
+    latin1.SpecificCharacterSet = "ISO_IR 100"
+    assert_fast_equals_reference(latin1, all_dets, meas, other)
+
+
+def test_fast_sr_raises_like_reference(realdata_dir: Path) -> None:
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    bad_unit = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, (
+        RegionMeasurement(dets[0], (Quantity(QuantityKind.BOX_WIDTH, 26.0, "cm"),)),))
+    bad_polygon = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, (
+        RegionMeasurement(dets[0], (), (), ((0.0, 0.0, 0.0),) * 3),))
+    skew_polygon = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, (
+        RegionMeasurement(dets[0], (), (), ((-1.5, 2.0, 3.0), (4.0, -5.25, 6.0), (7.0, 8.0, -9.0), (1e5, 0, 0))),))
+    long_meaning = [Detection("CHEST", CodedConcept("1", "SCT", "m" * 65), 0.9, dets[0].box, MODEL)]
+    no_frame = Dataset()
+    no_frame.update(src)
+    del no_frame.FrameOfReferenceUID
+    cases = [(src, dets, bad_unit), (src, dets, bad_polygon), (src, dets, skew_polygon), (src, long_meaning, None),
+             (no_frame, dets, hand_measurements(src, dets))]
+    for source, d, m in cases:
+        messages = []
+        for reference in (False, True):
+            with pytest.raises(ValueError) as info:
+                write_sr(source, d, m, ctx(), reference=reference)
+            messages.append(str(info.value))
+        assert messages[0] == messages[1]
+
+
+def test_fast_sr_written_as_is_and_readable(realdata_dir: Path, tmp_path: Path) -> None:
+    """The raw content tree is written unchanged, and reading it (pydicom, highdicom) gives the tree."""
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    sr = write_sr(src, dets, hand_measurements(src, dets), ctx())
+    assert sr.get_item(0x0040A730).is_raw  # nothing parsed it yet
+    back = roundtrip(sr, tmp_path)
+    assert back.ContentSequence[-1].ConceptNameCodeSequence[0].CodeValue == "C0034375"
+    assert sr.ContentSequence[0].ConceptCodeSequence[0].CodeValue == "en-US"
+    assert len(read_sr(sr)) == len(dets)
