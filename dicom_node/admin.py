@@ -45,6 +45,16 @@ def _open_queue(args: argparse.Namespace) -> Any:
     return JobQueue(db)
 
 
+def _size(n: int) -> str:
+    """Bytes as B, KiB, MiB, GiB or TiB (binary units)."""
+    value = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} TiB"
+
+
 def _when(ts: float | None) -> str:
     return "-" if ts is None else time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
@@ -58,10 +68,11 @@ def add_status_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=int, default=20, help="how many recent jobs to list (default 20)")
 
 
-def status_report(queue: Any, limit: int) -> dict[str, Any]:
-    """Jobs (counts and the newest ``limit``), outbound counts per destination, and every dead letter."""
+def status_report(queue: Any, limit: int, storage: Path | None = None) -> dict[str, Any]:
+    """Jobs (counts and the newest ``limit``), outbound counts per destination, every dead letter, and with
+    ``storage`` the disk use of the spool (``retention.spool_usage``, bytes)."""
     jobs = queue.recent_jobs(limit)
-    return {
+    report: dict[str, Any] = {
         "jobs": {
             "counts": queue.job_counts(),
             "recent": [
@@ -93,13 +104,20 @@ def status_report(queue: Any, limit: int) -> dict[str, Any]:
             for r in queue.dead_letters()
         ],
     }
+    if storage is not None:
+        from dataclasses import asdict
+
+        from dicom_node.retention import spool_usage
+
+        report["spool"] = asdict(spool_usage(storage))
+    return report
 
 
 def run_status(args: argparse.Namespace) -> int:
     from dicom_node.sopclasses import sop_class_name
 
     queue = _open_queue(args)
-    report = status_report(queue, args.limit)
+    report = status_report(queue, args.limit, storage=queue.db_path.parent)
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
@@ -118,6 +136,10 @@ def run_status(args: argparse.Namespace) -> int:
         print("  (empty)")
     for dest, c in sorted(report["outbound"].items()):
         print(f"  {dest}: pending {c['pending']}, sending {c['sending']}, sent {c['sent']}, dead {c['dead']}")
+    u = report["spool"]
+    print(f"spool {queue.db_path.parent}: objects {u['objects_files']} file(s) {_size(u['objects_bytes'])}, "
+          f"results {u['results_files']} file(s) {_size(u['results_bytes'])}, database {_size(u['database_bytes'])};"
+          f" disk free {_size(u['free_bytes'])} of {_size(u['total_bytes'])}")
     if report["dead_letters"]:
         print("dead letters (resubmit with `dicom-node retry`):")
         for d in report["dead_letters"]:

@@ -148,6 +148,9 @@ class Node:
         self._pool_view = (0, 0, 0)  # (configured, alive, ready), refreshed by the main thread only
         self._draining = False
         self._started_at = time.time()
+        self.retention: Any = None
+        self._last_usage: Any = None  # retention.SpoolUsage of the last retention pass
+        self._last_retention_at: float | None = None
 
     # -- signals -------------------------------------------------------------------------------------------------
 
@@ -224,6 +227,7 @@ class Node:
         self.notifier.ready(self._status_line())
         log.info("ready: listening as %s on %s:%d with %d worker(s)", node.ae_title, node.bind, self.scp.port,
                  self.pool.size)
+        self._start_retention()
 
         last_status = time.monotonic()
         while not self._stop.is_set():
@@ -281,6 +285,8 @@ class Node:
             sender.join(self.drain_timeout_s + 5)
         summary = self.queue.outbound_summary() if self.queue is not None else {}
         left = {d: c["pending"] + c["sending"] for d, c in summary.items() if c["pending"] + c["sending"]}
+        if self.retention is not None:
+            self.retention.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
         log.info("stopped in %.1f s%s", time.monotonic() - t0,
@@ -328,6 +334,7 @@ class Node:
             self._move_metrics(new.node)
         self.pool.max_worker_deaths = new.node.max_worker_deaths_per_job
         self.pool.reload(new.node.workers)
+        self._refresh_pool_view()  # /healthz: not ready until the workers rebuilt their pipelines
         self._sync_senders()
         self.notifier.ready(self._status_line())
         return True
@@ -442,7 +449,42 @@ class Node:
         return render(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
 
     def _extra_gauges(self) -> dict[str, Any]:
-        return {}
+        gauges: dict[str, Any] = {
+            "dicomnode_retention_last_run_timestamp_seconds": (
+                "end of the last retention pass (0: none yet)", {(): self._last_retention_at or 0.0}),
+        }
+        usage = self._last_usage
+        if usage is not None:
+            gauges["dicomnode_spool_bytes"] = (
+                "bytes under the storage directory at the last retention pass, by area",
+                {(("area", "objects"),): usage.objects_bytes, (("area", "results"),): usage.results_bytes,
+                 (("area", "database"),): usage.database_bytes})
+            gauges["dicomnode_spool_files"] = (
+                "files under the storage directory at the last retention pass, by area",
+                {(("area", "objects"),): usage.objects_files, (("area", "results"),): usage.results_files})
+        return gauges
+
+    # -- retention -----------------------------------------------------------------------------------------------
+
+    def _start_retention(self) -> None:
+        from dicom_node.jobqueue import JobQueue
+        from dicom_node.retention import RetentionRunner
+
+        db = self.queue.db_path
+        self.retention = RetentionRunner(lambda: self.holder.current, lambda: JobQueue(db), self.spool.root,
+                                         on_pass=self._on_retention_pass)
+        self.retention.start()
+
+    def _on_retention_pass(self, report: Any, usage: Any) -> None:
+        self.counters.inc("dicomnode_retention_runs_total", result="ok" if report is not None else "failed")
+        if report is not None:
+            self.counters.inc("dicomnode_retention_deleted_files_total", report.objects_deleted, area="objects")
+            self.counters.inc("dicomnode_retention_deleted_files_total", report.results_deleted, area="results")
+            self.counters.inc("dicomnode_retention_deleted_bytes_total", report.bytes_freed)
+            self.counters.inc("dicomnode_retention_pruned_jobs_total", report.jobs_pruned)
+        if usage is not None:
+            self._last_usage = usage
+        self._last_retention_at = time.time()
 
     def health(self) -> tuple[bool, str]:
         from dicom_node.metrics import health
