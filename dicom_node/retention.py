@@ -130,6 +130,11 @@ def _delete_object(path: Path, finished_at: float) -> int:
 
     Renamed aside first, so a copy written at the same moment (a duplicate received again) is never the one
     deleted: its newer modification time sends it back (unless an even newer copy is already in place)."""
+    try:
+        if path.stat().st_mtime > finished_at:
+            return 0  # received again after this job ended: a newer job owns it
+    except FileNotFoundError:
+        return 0
     aside = path.with_name(f".{path.name}.retention.tmp")  # a crash here leaves a temp file cleaned at start
     try:
         os.rename(path, aside)
@@ -172,9 +177,14 @@ def _delete_results(directory: Path) -> tuple[int, int]:
     return files, size
 
 
-def run_retention(queue: JobQueue, storage: Path, policy: RetentionPolicy, now: float | None = None) -> RetentionReport:
-    """One retention pass over the queue and the storage directory (see the module docstring)."""
+def run_retention(
+    queue: JobQueue, storage: Path, policy: RetentionPolicy, now: float | None = None,
+    stop: threading.Event | None = None,
+) -> RetentionReport:
+    """One retention pass over the queue and the storage directory (see the module docstring). ``stop`` ends the
+    pass early between two jobs (what was done is recorded)."""
     now = time.time() if now is None else now
+    stop = stop or threading.Event()
     storage = Path(storage)
     objects = results = freed = kept = 0
     objects_dir = (storage / "objects").resolve()
@@ -183,7 +193,11 @@ def run_retention(queue: JobQueue, storage: Path, policy: RetentionPolicy, now: 
             continue
         while True:
             batch = queue.retention_candidates(statuses, now - days * DAY_S, PURGED_OBJECT, BATCH)
+            handled = []
             for job in batch:
+                if stop.is_set():
+                    break
+                handled.append(job.id)
                 if not job.path.resolve().is_relative_to(objects_dir):
                     log.warning("retention: job %d's object %s is outside %s; not deleted", job.id, job.path,
                                 objects_dir)
@@ -195,8 +209,8 @@ def run_retention(queue: JobQueue, storage: Path, policy: RetentionPolicy, now: 
                 if n:
                     objects += 1
                     freed += n
-            queue.mark_purged([j.id for j in batch], PURGED_OBJECT)
-            if len(batch) < BATCH:
+            queue.mark_purged(handled, PURGED_OBJECT)
+            if len(batch) < BATCH or stop.is_set():
                 break
     if policy.keep_results_days > 0:
         while True:
@@ -204,6 +218,8 @@ def run_retention(queue: JobQueue, storage: Path, policy: RetentionPolicy, now: 
                                                PURGED_RESULTS, BATCH)
             done_ids = []
             for job in batch:
+                if stop.is_set():
+                    break
                 directory = storage / "results" / f"{job.id:08d}"
                 if queue.unsent_outbound_under(directory):
                     continue  # cannot happen for a settled job; never delete what is still to be sent
@@ -212,10 +228,10 @@ def run_retention(queue: JobQueue, storage: Path, policy: RetentionPolicy, now: 
                 freed += size
                 done_ids.append(job.id)
             queue.mark_purged(done_ids, PURGED_RESULTS)
-            if len(batch) < BATCH:
+            if len(batch) < BATCH or stop.is_set():
                 break
     pruned = 0
-    while True:
+    while not stop.is_set():
         n = queue.prune_jobs(PURGED_OBJECT | PURGED_RESULTS, now, BATCH)
         pruned += n
         if n < BATCH:
@@ -241,15 +257,18 @@ class RetentionRunner(threading.Thread):
         self._queue_factory = queue_factory
         self.storage = Path(storage)
         self.on_pass = on_pass
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """End the loop; a pass in progress stops after its current file (waited for up to ``timeout_s``)."""
+        self._stopping.set()
+        if self.is_alive():
+            self.join(timeout_s)
 
     def run(self) -> None:
         queue: Any = None
         wait_s = min(self._config_getter().node.retention.interval_s, 60.0)
-        while not self._stop.wait(wait_s):
+        while not self._stopping.wait(wait_s):
             policy = self._config_getter().node.retention
             wait_s = policy.interval_s
             report: RetentionReport | None = None
@@ -257,7 +276,7 @@ class RetentionRunner(threading.Thread):
                 if queue is None:
                     queue = self._queue_factory()
                 t0 = time.monotonic()
-                report = run_retention(queue, self.storage, policy)
+                report = run_retention(queue, self.storage, policy, stop=self._stopping)
                 if report:
                     log.info("retention: deleted %d object(s) and %d result file(s) (%.1f MiB), pruned %d job row(s);"
                              " %d object(s) kept while other jobs still need them (%.2f s)", report.objects_deleted,
