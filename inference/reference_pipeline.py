@@ -22,6 +22,7 @@ from inference.engine import DetectorPool
 from inference.measure import measure_image
 from inference.preprocessing import modality_pixels, stored_pixels
 from inference.types import ModelIdentity, QuantityKind
+from inference.views import ViewStore, combine_with_stored
 from sr_writer import ResultContext, write_results
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,7 @@ class ReferencePipeline:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.pool = DetectorPool(config.models)
+        self.views = ViewStore(config.node.storage / "views")
         wanted: list[str] = []
         for route in config.routes:
             if route.pipeline is not None and route.pipeline.name == PIPELINE_NAME:
@@ -71,6 +73,7 @@ class ReferencePipeline:
         t2 = time.perf_counter()
         modality_values = modality_pixels(ds, stored) if stored.ndim == 2 else None
         measurements = measure_image(ds, detections, pixels=modality_values, settings=self.config.measurement)
+        measurements, combined = combine_with_stored(measurements, self.views)
         timings["measure_ms"] = (time.perf_counter() - t2) * 1e3
 
         t3 = time.perf_counter()
@@ -86,7 +89,7 @@ class ReferencePipeline:
             datasets=datasets,
             detections=detections,
             measurements=measurements,
-            summary=_summary(detections, measurements, cascade, timings),
+            summary={**_summary(detections, measurements, cascade, timings), "views_combined": combined is not None},
         )
 
     def _identity(self, model_name: str, detections: list[Any]) -> ModelIdentity:
