@@ -93,9 +93,10 @@ class Histogram:
 class JobStatsScanner:
     """Reads every job that ends (in any worker process) exactly once from the queue into histograms.
 
-    Remembers the newest job id seen and the ids that were still pending or running; each ``scan`` reads the jobs
-    from the oldest such id on, so a job is observed when it has ended, never twice, and rows pruned by retention
-    in between are simply forgotten.
+    Remembers the newest job id seen and the ids that were still pending or running. Each ``scan`` reads the jobs
+    newer than that id, then asks which remembered ids are no longer pending or running (an indexed query) and
+    reads just those: the cost follows the new jobs and the backlog, not the history. A job is observed when it
+    has ended, never twice; rows pruned by retention in between are simply forgotten.
     """
 
     def __init__(self, queue: Any) -> None:
@@ -109,21 +110,25 @@ class JobStatsScanner:
 
     def scan(self) -> None:
         with self._lock:
-            low = min(self._open) if self._open else self._high + 1
-            rows = self.queue.job_timings(low)
-            present = set()
-            for job in rows:
-                present.add(job.id)
-                known_open = job.id in self._open
-                if job.id <= self._high and not known_open:
-                    continue  # observed already (or ended before this node started)
+            for job in self.queue.job_timings(self._high + 1):
+                self._high = max(self._high, job.id)
                 if job.status in FINAL_JOB_STATES:
                     self._observe(job)
-                    self._open.discard(job.id)
                 else:
                     self._open.add(job.id)
-                self._high = max(self._high, job.id)
-            self._open &= present  # pruned meanwhile: forget
+            if not self._open:
+                return
+            still_open = set(self.queue.open_job_ids())
+            ended = self._open - still_open
+            if not ended:
+                return
+            keep: set[int] = set()
+            for job in self.queue.job_timings(ids=ended):
+                if job.status in FINAL_JOB_STATES:
+                    self._observe(job)
+                else:  # became open again between the two queries: watch it
+                    keep.add(job.id)
+            self._open = (self._open & still_open) | keep  # ended ones observed, pruned ones forgotten
 
     def _observe(self, job: Any) -> None:
         self.finished[job.status] = self.finished.get(job.status, 0) + 1

@@ -149,8 +149,7 @@ def _delete_object(path: Path, finished_at: float) -> int:
         aside.unlink()
         _fsync_dir(path.parent)
         return 0
-    aside.unlink()
-    _fsync_dir(path.parent)
+    aside.unlink()  # the caller fsyncs the directory (once per batch) before recording the deletion
     return int(st.st_size)
 
 
@@ -173,8 +172,7 @@ def _delete_results(directory: Path) -> tuple[int, int]:
         directory.rmdir()
     except OSError:
         pass  # not empty (something unexpected in it): left alone
-    _fsync_dir(directory.parent)
-    return files, size
+    return files, size  # the caller fsyncs results/ once per batch
 
 
 def run_retention(
@@ -194,6 +192,7 @@ def run_retention(
         while True:
             batch = queue.retention_candidates(statuses, now - days * DAY_S, PURGED_OBJECT, BATCH)
             handled = []
+            touched: set[Path] = set()
             for job in batch:
                 if stop.is_set():
                     break
@@ -209,6 +208,9 @@ def run_retention(
                 if n:
                     objects += 1
                     freed += n
+                    touched.add(job.path.parent)
+            for directory in touched:
+                _fsync_dir(directory)
             queue.mark_purged(handled, PURGED_OBJECT)
             if len(batch) < BATCH or stop.is_set():
                 break
@@ -227,6 +229,7 @@ def run_retention(
                 results += files
                 freed += size
                 done_ids.append(job.id)
+            _fsync_dir(storage / "results")
             queue.mark_purged(done_ids, PURGED_RESULTS)
             if len(batch) < BATCH or stop.is_set():
                 break

@@ -411,7 +411,7 @@ class Node:
             port: int | None = scp.port if scp is not None else None
         except RuntimeError:
             port = None
-        sends: dict[str, dict[str, int]] = {d: dict(c) for d, c in self._retired_sends.items()}
+        sends: dict[str, dict[str, int]] = {d: dict(c) for d, c in list(self._retired_sends.items())}
         for name, sender in list(self.senders.items()):
             mine = sends.setdefault(name, {"ok": 0, "retry": 0, "dead": 0})
             mine["ok"] += int(sender.sent)
