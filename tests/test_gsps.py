@@ -66,3 +66,47 @@ def test_dcmpschk_and_dciodvfy_accept_gsps(realdata_dir: Path, tmp_path: Path) -
         path, enforce_file_format=True)
     for report in (dcmpschk(path), dciodvfy(path)):
         assert report.ok, str(report)
+
+
+def _same(fast, ref) -> None:
+    from tests.test_sr import _encoded, tree_differences
+
+    for obj in (fast, ref):
+        for kw in ("InstanceCreationDate", "InstanceCreationTime", "ContentDate", "ContentTime",
+                   "PresentationCreationDate", "PresentationCreationTime"):
+            setattr(obj, kw, "")
+        for eq in obj.ContributingEquipmentSequence:
+            if "ContributionDateTime" in eq:
+                eq.ContributionDateTime = ""
+    diff = tree_differences(fast, ref)
+    assert not diff, "\n".join(diff[:20])
+    assert _encoded(fast) == _encoded(ref)
+
+
+def test_fast_annotations_equal_highdicom_built(realdata_files: list[Path], realdata_dir: Path) -> None:
+    """Region annotations assembled from the legend's (default) give the dataset highdicom builds (reference)."""
+    from sr_writer.source import read_source_header
+
+    for f in realdata_files:
+        if f.name.startswith("hard_"):
+            continue  # not decodable here; its header equals cr_wg04_RG2's
+        src = pydicom.dcmread(f)
+        dets = labelled_detections(realdata_dir, f.name)
+        header = read_source_header(src)
+        for meas in (hand_measurements(src, dets), None):
+            fast = write_gsps(src, dets, meas, ctx(), pixels=src.pixel_array, header=header)
+            _same(fast, write_gsps(src, dets, meas, ctx(), pixels=src.pixel_array, header=header, reference=True))
+
+
+def test_fast_annotations_check_coordinates_like_highdicom(realdata_dir: Path) -> None:
+    from inference.types import Box, Detection
+    from tests.test_sr import CONCEPTS, MODEL
+
+    src = pydicom.dcmread(realdata_dir / LOCALIZER)
+    corner = [Detection("PELVIS", CONCEPTS["PELVIS"], 0.5, Box(src.Columns - 1.0, 10.0, src.Columns, 20.0), MODEL)]
+    messages = []
+    for reference in (False, True):
+        with pytest.raises(ValueError, match="outside the valid range") as info:
+            write_gsps(src, corner, None, ctx(), pixels=src.pixel_array, reference=reference)
+        messages.append(str(info.value))
+    assert messages[0] == messages[1]
