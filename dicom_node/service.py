@@ -144,7 +144,7 @@ class Node:
         self.metrics_server: Any = None
         self.config_generation = 0
         self.last_reload: tuple[bool, float] | None = None
-        self._retired_sends: dict[str, dict[str, int]] = {}
+        self._retired_senders: list[Any] = []  # removed destinations' senders: their counts stay in the metrics
         self._pool_view = (0, 0, 0)  # (configured, alive, ready), refreshed by the main thread only
         self._draining = False
         self._started_at = time.time()
@@ -354,9 +354,7 @@ class Node:
                         name)
             sender = self.senders.pop(name)
             sender.stop(0)
-            kept = self._retired_sends.setdefault(name, {"ok": 0, "retry": 0, "dead": 0})
-            for key, value in (("ok", sender.sent), ("retry", sender.retried), ("dead", sender.dead)):
-                kept[key] += int(value)
+            self._retired_senders.append(sender)  # it may still record its last batch
 
     def _wake_senders(self, destinations: list[str]) -> None:
         for name in destinations:
@@ -411,9 +409,9 @@ class Node:
             port: int | None = scp.port if scp is not None else None
         except RuntimeError:
             port = None
-        sends: dict[str, dict[str, int]] = {d: dict(c) for d, c in list(self._retired_sends.items())}
-        for name, sender in list(self.senders.items()):
-            mine = sends.setdefault(name, {"ok": 0, "retry": 0, "dead": 0})
+        sends: dict[str, dict[str, int]] = {}
+        for sender in [*self._retired_senders, *list(self.senders.values())]:
+            mine = sends.setdefault(sender.destination, {"ok": 0, "retry": 0, "dead": 0})
             mine["ok"] += int(sender.sent)
             mine["retry"] += int(sender.retried)
             mine["dead"] += int(sender.dead)
