@@ -3,7 +3,8 @@
 Source: the real Philips localizer (716 x 512) from ../shared/realdata with its four hand-labelled regions plus a
 HEAD box, measurements from its header geometry (tests/test_sr.py ``hand_measurements``). Pixels are decoded once
 (the pipeline has them already). Timed: ``write_results`` (build the three datasets) and, separately, build plus
-encoding to bytes (what the outbound queue stores). ``--png DIR`` also writes the annotated secondary captures of
+encoding to bytes (what the spool stores), for the default builders and, as "before", ``reference=True`` (SR and
+GSPS built entirely from highdicom objects, as before the fast path). ``--png DIR`` also writes the annotated secondary captures of
 this localizer and of a simulated one as PNG files (docs/sc_real.png, docs/sc_simulated.png).
 """
 
@@ -12,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import platform
 import statistics
 import sys
@@ -70,30 +72,25 @@ def write_pngs(out: Path) -> list[Path]:
     return paths
 
 
-def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(prog="bench.sr_write", description=__doc__.splitlines()[0])
-    parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--png", type=Path, default=None, help="also write the SC PNGs into this directory")
-    args = parser.parse_args(argv)
-    warnings.filterwarnings("ignore", category=UserWarning)
-    if not (REALDATA / LOCALIZER).exists():
-        print(f"real data missing: {REALDATA / LOCALIZER}")
-        return 1
-    from sr_writer import write_results
-    from tests.test_sr import ctx
+def _load() -> str:
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
 
-    src, dets, meas, px = _inputs()
-    context = ctx()
-    kinds = ("sr", "sc", "gsps")
+
+def _measure(src, dets, meas, px, context, kinds, *, reference: bool, iterations: int) -> dict:
+    from sr_writer import write_results
+
     for _ in range(3):  # warm-up (imports, code caches)
-        write_results(src, dets, meas, kinds, context, pixels=px)
+        write_results(src, dets, meas, kinds, context, pixels=px, reference=reference)
     build: list[float] = []
     encode: list[float] = []
     per_kind: dict[str, list[float]] = {k: [] for k in kinds}
     sizes: dict[str, int] = {}
-    for _ in range(args.iterations):
+    for _ in range(iterations):
         t0 = time.perf_counter()
-        objs = write_results(src, dets, meas, kinds, context, pixels=px)
+        objs = write_results(src, dets, meas, kinds, context, pixels=px, reference=reference)
         t1 = time.perf_counter()
         for kind, obj in zip(kinds, objs, strict=True):
             buf = io.BytesIO()
@@ -104,19 +101,46 @@ def main(argv: list[str]) -> int:
         encode.append((t2 - t0) * 1000)
         for kind in kinds:
             k0 = time.perf_counter()
-            write_results(src, dets, meas, (kind,), context, pixels=px)
+            write_results(src, dets, meas, (kind,), context, pixels=px, reference=reference)
             per_kind[kind].append((time.perf_counter() - k0) * 1000)
-    result = {
-        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "python": platform.python_version(),
-        "iterations": args.iterations,
-        "regions": len(dets),
-        "image": f"{src.Rows}x{src.Columns}",
+    return {
         "build_ms": {"p50": statistics.median(build), "p95": _percentile(build, 95)},
         "build_and_encode_ms": {"p50": statistics.median(encode), "p95": _percentile(encode, 95)},
         "per_kind_ms_p50": {k: statistics.median(v) for k, v in per_kind.items()},
         "bytes": sizes,
     }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.sr_write", description=__doc__.splitlines()[0])
+    parser.add_argument("--iterations", type=int, default=40)
+    parser.add_argument("--no-reference", action="store_true",
+                        help="skip the 'before' figures (write_results(reference=True): all-highdicom builders)")
+    parser.add_argument("--png", type=Path, default=None, help="also write the SC PNGs into this directory")
+    args = parser.parse_args(argv)
+    warnings.filterwarnings("ignore", category=UserWarning)
+    if not (REALDATA / LOCALIZER).exists():
+        print(f"real data missing: {REALDATA / LOCALIZER}")
+        return 1
+    from tests.test_sr import ctx
+
+    src, dets, meas, px = _inputs()
+    context = ctx()
+    kinds = ("sr", "sc", "gsps")
+    load_before = _load()
+    result: dict = {
+        "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "iterations": args.iterations,
+        "regions": len(dets),
+        "image": f"{src.Rows}x{src.Columns}",
+        "fast": _measure(src, dets, meas, px, context, kinds, reference=False, iterations=args.iterations),
+    }
+    if not args.no_reference:
+        result["reference"] = _measure(src, dets, meas, px, context, kinds, reference=True,
+                                       iterations=args.iterations)
+    result["load_average_1_5_15"] = {"start": load_before, "end": _load()}
     print(json.dumps(result, indent=1))
     out = ROOT / "bench" / "results"
     out.mkdir(parents=True, exist_ok=True)

@@ -45,11 +45,14 @@ def write_results(
     ctx: ResultContext,
     *,
     pixels: np.ndarray | None = None,
+    reference: bool = False,
 ) -> list[Dataset]:
     """Result datasets for ``kinds`` (subset of ``OUTPUT_KINDS``), in the order sr, sc, gsps, plain_sr.
 
     ``pixels``: the decoded stored values of the source (rows x columns) when the caller has them; the secondary
     capture needs them (decoded from ``source`` otherwise) and the GSPS uses them for its window.
+    ``reference``: build SRs and GSPS entirely from highdicom objects (slow; the same datasets, for tests and
+    benchmarks).
     Raises ValueError with a precise message on bad input (unknown kind, mismatching measurements, undecodable
     pixels for a secondary capture).
     """
@@ -65,11 +68,12 @@ def write_results(
         if kind not in wanted:
             continue
         if kind == "sr":
-            out.append(write_sr(source, detections, measurements, ctx, header=header))
+            out.append(write_sr(source, detections, measurements, ctx, header=header, reference=reference))
         elif kind == "sc":
             out.append(write_sc(source, detections, measurements, ctx, pixels=pixels, header=header))
         elif kind == "gsps":
-            out.append(write_gsps(source, detections, measurements, ctx, pixels=pixels, header=header))
+            out.append(write_gsps(source, detections, measurements, ctx, pixels=pixels, header=header,
+                                  reference=reference))
         else:
-            out.append(write_plain_sr(source, detections, measurements, ctx, header=header))
+            out.append(write_plain_sr(source, detections, measurements, ctx, header=header, reference=reference))
     return out

@@ -80,6 +80,7 @@ def write_gsps(
         raise ValueError("GSPS needs a grayscale source (Samples per Pixel 1)")
     uids = result_uids(str(ds.SOPInstanceUID), ctx.model.version, "gsps")
     regions = region_pairs(detections, measurements)
+    rows, cols = float(ds.Rows), float(ds.Columns)
     layers: list[hd.pr.GraphicLayer] = []
     annotations: list[tuple[hd.pr.GraphicLayer, list[hd.pr.GraphicObject], list[hd.pr.TextObject]]] = []
     for index, region in enumerate(regions, start=1):
@@ -101,7 +102,7 @@ def write_gsps(
         text = hd.pr.TextObject(
             text_value=f"{det.label} {det.score * 100:.0f}%",
             units=hd.pr.AnnotationUnitsValues.PIXEL,
-            anchor_point=(float(x0) + 2.0, float(y0) + 2.0),
+            anchor_point=(min(float(x0) + 2.0, cols), min(float(y0) + 2.0, rows)),  # inside the image
             anchor_point_visible=False,
             text_justification=hd.pr.TextJustificationValues.LEFT,
         )
@@ -110,6 +111,12 @@ def write_gsps(
     legend = [f"dicom-node {ctx.model.name} {ctx.model.version} - not for diagnosis"]
     legend += [legend_line(r) for r in regions] or ["no region detected"]
     legend_layer = hd.pr.GraphicLayer("LEGEND", order=len(regions) + 1, description="figures per region")
+    iso = None
+    if measurements is not None and measurements.isocenter_lps_mm is not None:
+        iso = lps_to_pixel(measurements.isocenter_lps_mm, ds)
+        if iso is not None and not (0.0 <= iso[0] <= cols and 0.0 <= iso[1] <= rows):
+            legend.append("isocenter outside the image")  # PIXEL graphics must lie inside the image
+            iso = None
     legend_texts = [
         hd.pr.TextObject(text_value=line[:1024], units=hd.pr.AnnotationUnitsValues.DISPLAY,
                          bounding_box=(0.01, 0.02 + 0.035 * i, 0.99, 0.05 + 0.035 * i),
@@ -117,18 +124,17 @@ def write_gsps(
         for i, line in enumerate(legend)
     ]
     graphics = []
-    if measurements is not None and measurements.isocenter_lps_mm is not None:
-        iso = lps_to_pixel(measurements.isocenter_lps_mm, ds)
-        if iso is not None:
-            cx, cy = iso
-            arm = max(int(ds.Rows), int(ds.Columns)) / 60.0
-            for pts in ([[cx - arm, cy], [cx + arm, cy]], [[cx, cy - arm], [cx, cy + arm]]):
-                graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, np.asarray(pts, float),
-                                                    hd.pr.AnnotationUnitsValues.PIXEL))
-            legend_texts.append(hd.pr.TextObject(
-                text_value="isocenter", units=hd.pr.AnnotationUnitsValues.PIXEL,
-                anchor_point=(cx + arm, cy + 2.0), anchor_point_visible=False,
-                text_justification=hd.pr.TextJustificationValues.LEFT))
+    if iso is not None:  # a cross, clipped to the image, labelled "isocenter"
+        cx, cy = iso
+        arm = max(rows, cols) / 60.0
+        for pts in ([[max(cx - arm, 0.0), cy], [min(cx + arm, cols), cy]],
+                    [[cx, max(cy - arm, 0.0)], [cx, min(cy + arm, rows)]]):
+            graphics.append(hd.pr.GraphicObject(hd.pr.GraphicTypeValues.POLYLINE, np.asarray(pts, float),
+                                                hd.pr.AnnotationUnitsValues.PIXEL))
+        legend_texts.append(hd.pr.TextObject(
+            text_value="isocenter", units=hd.pr.AnnotationUnitsValues.PIXEL,
+            anchor_point=(min(cx + arm, cols), min(cy + 2.0, rows)), anchor_point_visible=False,
+            text_justification=hd.pr.TextJustificationValues.LEFT))
     layers.append(legend_layer)
     legend_annotation = hd.pr.GraphicAnnotation([ds], legend_layer, graphic_objects=graphics or None,
                                                 text_objects=legend_texts)

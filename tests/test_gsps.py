@@ -98,15 +98,31 @@ def test_fast_annotations_equal_highdicom_built(realdata_files: list[Path], real
             _same(fast, write_gsps(src, dets, meas, ctx(), pixels=src.pixel_array, header=header, reference=True))
 
 
-def test_fast_annotations_check_coordinates_like_highdicom(realdata_dir: Path) -> None:
+def test_graphics_stay_inside_the_image(realdata_dir: Path) -> None:
+    """A caption of a box at the right edge and an isocenter marker near or beyond the border are kept inside the
+    image (highdicom rejects PIXEL graphics outside it, which would lose every result of the job)."""
+    import dataclasses
+
     from inference.types import Box, Detection
+    from sr_writer.sc import lps_to_pixel
     from tests.test_sr import CONCEPTS, MODEL
 
     src = pydicom.dcmread(realdata_dir / LOCALIZER)
-    corner = [Detection("PELVIS", CONCEPTS["PELVIS"], 0.5, Box(src.Columns - 1.0, 10.0, src.Columns, 20.0), MODEL)]
-    messages = []
-    for reference in (False, True):
-        with pytest.raises(ValueError, match="outside the valid range") as info:
-            write_gsps(src, corner, None, ctx(), pixels=src.pixel_array, reference=reference)
-        messages.append(str(info.value))
-    assert messages[0] == messages[1]
+    cols, rows = float(src.Columns), float(src.Rows)
+    corner = [Detection("PELVIS", CONCEPTS["PELVIS"], 0.5, Box(cols - 1.0, rows - 1.5, cols, rows), MODEL)]
+    meas = hand_measurements(src, corner)
+    ipp = np.asarray(src.ImagePositionPatient, float)
+    for iso, inside in (((float(ipp[0]) + 1.0, float(ipp[1]), float(ipp[2]) - 1.0), True),  # near pixel (1.5, 1.5)
+                        ((float(ipp[0]) - 50.0, float(ipp[1]), float(ipp[2])), False)):  # left of the image
+        m = dataclasses.replace(meas, isocenter_lps_mm=iso)
+        assert (0 <= lps_to_pixel(iso, src)[0] <= cols) == inside
+        fast = write_gsps(src, corner, m, ctx(), pixels=src.pixel_array)
+        _same(fast, write_gsps(src, corner, m, ctx(), pixels=src.pixel_array, reference=True))
+        for ann in fast.GraphicAnnotationSequence:
+            for obj in ann.get("GraphicObjectSequence", []):
+                pts = np.asarray(obj.GraphicData, float).reshape(-1, 2)
+                assert (pts >= 0).all() and (pts[:, 0] <= cols).all() and (pts[:, 1] <= rows).all()
+        legend = [t.UnformattedTextValue for a in fast.GraphicAnnotationSequence if a.GraphicLayer == "LEGEND"
+                  for t in a.TextObjectSequence]
+        assert ("isocenter" in legend) == inside
+        assert ("isocenter outside the image" in legend) == (not inside)
