@@ -624,8 +624,9 @@ def test_check_config_cli_ok(capsys: pytest.CaptureFixture[str]) -> None:
         out[0]
         == "OK: 2 routes, 1 destination, 1 model, default drop; listening as DICOMNODE on 0.0.0.0:11112"
     )
+    line = next(i for i, text in enumerate(EXAMPLE.read_text().splitlines(), 1) if "name: ct-localizer" in text)
     assert (
-        f"route 'ct-localizer' ({EXAMPLE}:60): pipeline reference [reference], outputs sr, sc, gsps, plain_sr, "
+        f"route 'ct-localizer' ({EXAMPLE}:{line}): pipeline reference [reference], outputs sr, sc, gsps, plain_sr, "
         "to pacs" in out
     )
 

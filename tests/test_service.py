@@ -6,7 +6,6 @@ socket the test binds), SIGTERM drain with exit 0, and SIGHUP reload (a broken f
 
 from __future__ import annotations
 
-import importlib.util
 import signal
 import subprocess
 import time
@@ -54,8 +53,6 @@ def echoscu(port: int, called: str) -> subprocess.CompletedProcess[str]:
 def test_end_to_end_decode_pipeline_forwards_originals(
     node: NodeProcess, orthanc: Orthanc, realdata_files: list[Path]  # noqa: F811
 ) -> None:
-    if importlib.util.find_spec("dicom_node.decode_pipeline") is None:
-        pytest.skip("dicom_node.decode_pipeline (receive side) is not in this checkout yet")
     # external: false -> no dcmtk fallback, so the hard_ file (12-bit JPEG with invalid SOS) cannot be decoded
     node.write_config(node_config(node.port, node.storage, orthanc.dicom_port,
                                   pipeline="{name: decode, options: {external: false}}"))
@@ -201,7 +198,7 @@ def _running_job_worker_pids(storage: Path) -> list[tuple[int, int]]:
     return [(int(i), int(w.rsplit("-", 1)[1])) for i, w in rows if w.count("-") >= 2]
 
 
-def test_a_dead_worker_is_replaced_and_its_job_ends_in_error(
+def test_a_dead_worker_is_replaced_and_its_job_runs_again(
     node: NodeProcess, orthanc: Orthanc, tmp_path: Path, realdata_files: list[Path]  # noqa: F811
 ) -> None:
     import os
@@ -220,9 +217,8 @@ def test_a_dead_worker_is_replaced_and_its_job_ends_in_error(
     assert len(storescu(node.port, files).succeeded) == 3
     wait_until(lambda: {uid_of(f) for f in files} <= set(orthanc.sop_instance_uids()), 30, "processing goes on")
 
-    # A worker killed in the middle of a job: that job ends in error with the reason (not retried in a loop).
-    if importlib.util.find_spec("dicom_node.decode_pipeline") is None:
-        pytest.skip("the mid-job part needs a slow real pipeline (dicom_node.decode_pipeline, not here yet)")
+    # A worker killed in the middle of a job: the job goes back to the queue and another worker finishes it (a job
+    # whose worker dies node.max_worker_deaths_per_job times ends in error: tests/test_node_robustness.py).
     node.write_config(node_config(node.port, node.storage, orthanc.dicom_port, workers=2, pipeline="decode"))
     node.signal(signal.SIGHUP)
     node.wait_log(r"configuration generation 1 loaded", 30, count=2)
@@ -244,9 +240,7 @@ def test_a_dead_worker_is_replaced_and_its_job_ends_in_error(
     job_id, pid = killed
     wait_until(lambda: (j := queue.get_job(job_id)) is not None and j.status in ("error", "done"), 30, "the job end")
     job = queue.get_job(job_id)
-    assert job is not None
-    if job.status == "error":  # the kill landed before finish_job committed
-        assert "worker process died (killed by signal 9)" in job.error, job.error
+    assert job is not None and job.status == "done", job
     node.wait_log(rf"\(pid {pid}\) died with exit code -9; starting a replacement", 15)
     assert node.stop() == 0
 
