@@ -51,7 +51,7 @@ K = len(CLASSES)
 class TrainConfig:
     """Everything that determines a training run (recorded in TRAINING.md)."""
 
-    n_train: int = 2400  # simulated training cases
+    n_train: int = 1200  # simulated training cases
     n_val: int = 300  # simulated held-out cases (other seeds)
     steps: int = 2000
     batch: int = 32
