@@ -245,3 +245,16 @@ def test_training_inputs_match_engine_inputs(realdata_dir: Path, name: str) -> N
     # equalisation bins can flip by one at exact ties after the inversion: allow one bin step (1/255 / std 0.25)
     assert np.abs(engine - training).max() <= 4 / 255 * 1.01
     assert np.abs(engine - training).mean() < 1e-3
+
+
+def test_negative_patches_make_regions_absent() -> None:
+    """A small patch (15-40 % of each side) keeps too little of a large region: its visible fraction drops below
+    the ignore level, so the sample teaches 'absent' (limbs, background, zoomed-in fragments)."""
+    img = np.zeros((200, 100), np.float32)
+    img[20:180, 10:90] = 1.0
+    cfg = AugmentConfig(p_patch=1.0, p_pad=0, p_rotate=0, p_rot90=0, p_collimate=0)
+    for seed in range(8):
+        out, b, f = augment(img, np.array([[10.0, 20.0, 90.0, 180.0]]), np.array([1.0]), np.random.default_rng(seed),
+                            cfg)  # fmt: skip
+        assert out.shape[0] <= 0.4 * 200 + 1 and out.shape[1] <= 0.4 * 100 + 1
+        assert f[0] <= 0.4 * 0.4 * 200 * 100 / (80 * 160) + 1e-9

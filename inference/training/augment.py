@@ -22,6 +22,7 @@ class AugmentConfig:
     """Probabilities and ranges (image sizes in pixels of the image being augmented)."""
 
     p_crop: float = 0.45  # partial body coverage: keep a random sub-window
+    p_patch: float = 0.0  # a small patch (15-40 % of each side): mostly limbs/background, regions absent
     crop_min: float = 0.45  # smallest kept fraction of each side
     p_pad: float = 0.2  # zoom out: pad with a background value
     pad_max: float = 0.35  # largest added fraction of each side
@@ -49,10 +50,11 @@ def visible_after_clip(boxes: np.ndarray, clipped: np.ndarray) -> np.ndarray:
     return np.where(a0 > 0, a1 / np.maximum(a0, 1e-9), 0.0)
 
 
-def _crop(img: np.ndarray, boxes: np.ndarray, frac: np.ndarray, rng: np.random.Generator, min_side: float):
+def _crop(img: np.ndarray, boxes: np.ndarray, frac: np.ndarray, rng: np.random.Generator, min_side: float,
+          max_side: float = 1.0):
     rows, cols = img.shape
-    h = int(rows * rng.uniform(min_side, 1.0))
-    w = int(cols * rng.uniform(min_side, 1.0))
+    h = max(8, int(rows * rng.uniform(min_side, max_side)))
+    w = max(8, int(cols * rng.uniform(min_side, max_side)))
     y0 = int(rng.integers(0, rows - h + 1))
     x0 = int(rng.integers(0, cols - w + 1))
     img = img[y0 : y0 + h, x0 : x0 + w]
@@ -116,7 +118,9 @@ def augment(
     boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4).copy()
     frac = np.asarray(frac, dtype=np.float64).reshape(-1).copy()
     # -- geometry
-    if rng.random() < cfg.p_crop:
+    if cfg.p_patch > 0 and rng.random() < cfg.p_patch and min(img.shape) >= 64:
+        img, boxes, frac = _crop(img, boxes, frac, rng, 0.15, 0.4)
+    elif rng.random() < cfg.p_crop:
         img, boxes, frac = _crop(img, boxes, frac, rng, cfg.crop_min)
     if rng.random() < cfg.p_pad:
         img, boxes = _pad(img, boxes, rng, cfg.pad_max, cfg.p_bright_fill)

@@ -515,6 +515,8 @@ def add_train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--max-minutes", type=float, default=d.max_minutes,
                    help="stop training after this many minutes (0: run all steps)")  # fmt: skip
+    p.add_argument("--negative-patches", type=float, default=0.0,
+                   help="probability of training on a small patch (mostly limbs/background: regions absent)")  # fmt: skip
     p.add_argument("--reuse-cache", action="store_true",
                    help="reuse simulated caches made with earlier simulator sources")  # fmt: skip
     p.add_argument("--dataset", action="append", default=[], metavar="PATH",
@@ -530,6 +532,7 @@ def run_train(args: argparse.Namespace) -> int:
         input_size=args.input_size, width=args.width, threads=args.threads, workers=args.workers,
         eval_every=args.eval_every, max_minutes=args.max_minutes, extra_datasets=tuple(args.dataset),
         extra_weight=args.extra_weight, reuse_cache=args.reuse_cache,
+        augment=AugmentConfig(p_patch=args.negative_patches),
     )  # fmt: skip
     summary = train(cfg, args.out, args.cache_dir, progress=lambda m: print(m, flush=True))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -548,6 +551,8 @@ def _argv_of(args: argparse.Namespace) -> list[str]:
         v = getattr(args, name)
         if v != default:
             out += [f"--{name.replace('_', '-')}", str(v)]
+    if args.negative_patches:
+        out += ["--negative-patches", str(args.negative_patches)]
     if args.reuse_cache:
         out.append("--reuse-cache")
     for ds in args.dataset:
