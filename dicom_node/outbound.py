@@ -487,6 +487,9 @@ class DestinationSender(threading.Thread):
             rows.append(row)
         if not rows:
             return 0
+        # The TID 1500 SR is the primary result: within a batch it goes first, so after a burst each SR does not
+        # wait behind the secondary captures and presentation states of earlier jobs (stable: otherwise FIFO).
+        rows.sort(key=lambda r: r.kind != "sr")
         timeouts = self._config_getter().node.timeouts
         recorded: dict[int, StoreResult] = {}
 
