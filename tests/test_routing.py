@@ -404,6 +404,13 @@ def test_realdata_sop_classes_are_accepted_by_default(realdata_files: list[Path]
         assert str(ds.SOPClassUID) in config.node.sop_classes, path.name
 
 
+def example_line(fragment: str, after: str | None = None) -> int:
+    """1-based line of the first line of config/example.yaml containing ``fragment`` (after the line with ``after``)."""
+    lines = EXAMPLE.read_text().splitlines()
+    start = 0 if after is None else next(i for i, t in enumerate(lines) if after in t)
+    return next(i for i, t in enumerate(lines) if i >= start and fragment in t) + 1
+
+
 def test_route_cli_localizer(realdata_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc = cli.main(
         ["route", str(realdata_dir / "loc_philips_MAROTECH_CT_JP2Lossy.dcm"), "--config", str(EXAMPLE)]
@@ -412,9 +419,11 @@ def test_route_cli_localizer(realdata_dir: Path, capsys: pytest.CaptureFixture[s
     assert rc == 0
     lines = out.splitlines()
     assert "  SOP class: CT Image Storage (1.2.840.10008.5.1.4.1.1.2)" in lines
-    assert f"{EXAMPLE}:60: route 'ct-localizer': matched" in lines
-    assert f"    {EXAMPLE}:63: Modality equals 'CT': yes (CT)" in lines
-    assert f"    {EXAMPLE}:65: ImageType contains 'LOCALIZER': yes (ORIGINAL\\PRIMARY\\LOCALIZER)" in lines
+    ct, mod = example_line("name: ct-localizer"), example_line("attribute: Modality", "name: ct-localizer")
+    itype = example_line("attribute: ImageType", "name: ct-localizer")
+    assert f"{EXAMPLE}:{ct}: route 'ct-localizer': matched" in lines
+    assert f"    {EXAMPLE}:{mod}: Modality equals 'CT': yes (CT)" in lines
+    assert f"    {EXAMPLE}:{itype}: ImageType contains 'LOCALIZER': yes (ORIGINAL\\PRIMARY\\LOCALIZER)" in lines
     assert (
         lines[-1]
         == "=> route 'ct-localizer': pipeline reference, outputs sr, sc, gsps, plain_sr, destinations pacs"
@@ -443,10 +452,12 @@ def test_route_cli_radiograph_subprocess(realdata_dir: Path) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "  calling AE: XR1" in lines
-    assert f"{EXAMPLE}:60: route 'ct-localizer': not matched" in lines
-    assert f"    {EXAMPLE}:63: Modality equals 'CT': no (DX)" in lines
-    assert f"{EXAMPLE}:78: route 'radiograph': matched" in lines
-    assert f"  {EXAMPLE}:80: Modality one of ['CR', 'DX']: yes (DX)" in lines
+    ct, mod = example_line("name: ct-localizer"), example_line("attribute: Modality", "name: ct-localizer")
+    rg, rmod = example_line("name: radiograph"), example_line("attribute: Modality", "name: radiograph")
+    assert f"{EXAMPLE}:{ct}: route 'ct-localizer': not matched" in lines
+    assert f"    {EXAMPLE}:{mod}: Modality equals 'CT': no (DX)" in lines
+    assert f"{EXAMPLE}:{rg}: route 'radiograph': matched" in lines
+    assert f"  {EXAMPLE}:{rmod}: Modality one of ['CR', 'DX']: yes (DX)" in lines
     assert lines[-1].startswith("=> route 'radiograph'")
     assert "Canon" not in result.stdout  # attributes the rules do not reference are never printed
 
