@@ -9,7 +9,9 @@ warm models.
 from __future__ import annotations
 
 import logging
+import os
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -35,7 +37,7 @@ class ReferencePipeline:
 
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
-        self.pool = DetectorPool(config.models)
+        self.pool = DetectorPool(_with_thread_budget(config))
         self.views = ViewStore(config.node.storage / "views")
         wanted: list[str] = []
         for route in config.routes:
@@ -99,6 +101,14 @@ class ReferencePipeline:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _with_thread_budget(config: NodeConfig) -> dict[str, Any]:
+    """Model specs whose ``options.threads`` defaults to cores / workers: each worker process runs its own models,
+    and more intra-op threads than cores makes every worker slower (measured: docs/BENCHMARKS.md, engine)."""
+    threads = max(1, (os.cpu_count() or 1) // max(1, config.node.workers))
+    return {name: spec if "threads" in spec.options else replace(spec, options={**spec.options, "threads": threads})
+            for name, spec in config.models.items()}
 
 
 def _parameters(detectors: Any) -> list[str]:
