@@ -812,3 +812,101 @@ def invert_silhouette(
     center_u = mid * den / (sod_mm * k)
     a2 = ((half * den / sod_mm) ** 2 - half_d * half_d * center_u * center_u) / den
     return center_u, math.sqrt(max(a2, 0.0))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# per-edge shadow model of a region's axis-aligned 3-D extent, solved from a frontal and a lateral view
+
+
+@dataclass(frozen=True)
+class EdgeModel:
+    """What casts one shadow edge of a region: an elliptical cap at that side of the region's 3-D extent.
+
+    Fractions of the extent's half sizes: ``across`` = cap semi-axis across the fan / half extent across (the cap's
+    outer edge is the box edge); ``depth`` = cap semi-axis along the beam / half extent along the beam; the cap
+    centre lies ``offset_lps`` half extents from the box centre along +LPS of the beam axis and ``offset_source``
+    half extents towards the source. across = depth = 1, offsets 0: the whole elliptical cross-section (the
+    default, exact for elliptical cross-sections); depth = 0: a point (a sharp feature, e.g. a bony tip).
+    """
+
+    across: float = 1.0
+    depth: float = 1.0
+    offset_lps: float = 0.0
+    offset_source: float = 0.0
+
+
+ELLIPSE_EDGE = EdgeModel()
+
+
+@dataclass(frozen=True)
+class SilhouetteModel:
+    """Edge models of a region per view; lo/hi = the edge at the smaller/larger LPS coordinate across the fan
+    (frontal: right/left, x; lateral: anterior/posterior, y)."""
+
+    frontal_lo: EdgeModel = ELLIPSE_EDGE
+    frontal_hi: EdgeModel = ELLIPSE_EDGE
+    lateral_lo: EdgeModel = ELLIPSE_EDGE
+    lateral_hi: EdgeModel = ELLIPSE_EDGE
+    name: str = "elliptical cross-section"
+
+
+def extent_shadow(
+    across: tuple[float, float], beam: tuple[float, float], sod_mm: float | None, source_sign: float,
+    lo_model: EdgeModel = ELLIPSE_EDGE, hi_model: EdgeModel = ELLIPSE_EDGE,
+) -> tuple[float, float]:
+    """Isocenter-plane shadow (lo, hi) of a region's extent in one view, mm along +LPS across the fan.
+
+    ``across`` / ``beam``: the extent (lo, hi) across the fan and along the beam, LPS mm minus the isocenter;
+    ``source_sign``: +1 when the source lies on the +LPS side of the beam axis. Without SOD the shadow is the
+    extent itself (orthographic).
+    """
+    if sod_mm is None:
+        return across
+    h, big_h = (across[1] - across[0]) / 2.0, (beam[1] - beam[0]) / 2.0
+    cb = (beam[0] + beam[1]) / 2.0
+    out = []
+    for i, m in enumerate((lo_model, hi_model)):
+        a = m.across * h
+        u = across[0] + a if i == 0 else across[1] - a
+        d = source_sign * (cb + m.offset_lps * big_h) + m.offset_source * big_h
+        out.append(silhouette_extents(u, d, a, m.depth * big_h, sod_mm)[i])
+    return out[0], out[1]
+
+
+def solve_extent(
+    frontal: tuple[float, float], lateral: tuple[float, float], *,
+    frontal_sod_mm: float | None, frontal_source_sign: float,
+    lateral_sod_mm: float | None, lateral_source_sign: float,
+    model: SilhouetteModel = SilhouetteModel(), max_iterations: int = 50,
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The axis-aligned extent ((x_lo, x_hi), (y_lo, y_hi)), LPS mm minus the isocenter, whose shadows match a
+    frontal shadow (x, right..left) and a lateral shadow (y, anterior..posterior) at the isocenter planes.
+
+    Newton iteration on the four edges (the shadows of ``extent_shadow`` under ``model``) from the orthographic
+    start; converges in a few steps (the coupling between the views is of order extent / SOD). Raises
+    GeometryError when it does not converge or the source falls inside the region.
+    """
+    target = np.array([frontal[0], frontal[1], lateral[0], lateral[1]], dtype=float)
+
+    def forward(v: np.ndarray) -> np.ndarray:
+        fx = extent_shadow((v[0], v[1]), (v[2], v[3]), frontal_sod_mm, frontal_source_sign,
+                           model.frontal_lo, model.frontal_hi)
+        ly = extent_shadow((v[2], v[3]), (v[0], v[1]), lateral_sod_mm, lateral_source_sign,
+                           model.lateral_lo, model.lateral_hi)
+        return np.array([*fx, *ly])
+
+    v = target.copy()
+    for _ in range(max_iterations):
+        r = forward(v) - target
+        if np.max(np.abs(r)) < 1e-9:
+            return (float(v[0]), float(v[1])), (float(v[2]), float(v[3]))
+        jac = np.empty((4, 4))
+        for j in range(4):
+            dv = np.zeros(4)
+            dv[j] = 1e-4
+            jac[:, j] = (forward(v + dv) - forward(v - dv)) / 2e-4
+        try:
+            v = v - np.linalg.solve(jac, r)
+        except np.linalg.LinAlgError as exc:
+            raise GeometryError(f"the frontal and lateral shadows cannot be solved together ({exc})") from exc
+    raise GeometryError(f"the frontal and lateral shadows did not converge in {max_iterations} iterations")

@@ -24,12 +24,15 @@ from pydicom.dataset import Dataset
 from dicom_node.config_schema import MeasurementSettings
 from inference import dose
 from inference.geometry import (
+    EdgeModel,
     GeometryError,
     ImageGeometry,
+    SilhouetteModel,
     Vec3,
     geometry_from_dataset,
     invert_silhouette,
     pixel_to_patient,
+    solve_extent,
     table_move_instruction,
 )
 from inference.types import (
@@ -71,6 +74,21 @@ DEFAULT_REGION_MODEL: Mapping[str, RegionShape] = {
     "ABDOMEN": RegionShape(density=1.0, centre_fraction=0.5, aspect=0.78, bone_wepl_mm=30.0),
     "PELVIS": RegionShape(density=1.0, centre_fraction=0.42, aspect=0.29, bone_wepl_mm=30.0),
     "SPINE": RegionShape(density=1.0, centre_fraction=0.24, aspect=0.8, bone_wepl_mm=30.0),
+}
+# What casts each shadow edge of a region in ``combine_views`` (geometry.SilhouetteModel). CHEST (rib-cage envelope)
+# and the others: the elliptical cross-section, exact for an ellipse. ABDOMEN (trunk: the widest and the deepest
+# cross-sections lie at different z) and PELVIS (bony pelvis: the AP extremes are the iliac wing tips and the pubis,
+# far from the midline; the lateral extremes are the trochanters) are empirical fits on simulated pairs (seeds
+# 7000-7039, pose fixed; docs/GEOMETRY.md): the lateral view's posterior edge of the pelvis is cast by a point
+# 0.71 half-widths towards the source (the wing tip on the source side), the anterior one 0.36.
+SILHOUETTE_MODELS: Mapping[str, SilhouetteModel] = {
+    "ABDOMEN": SilhouetteModel(
+        EdgeModel(across=1.62, depth=1.21, offset_lps=0.016), EdgeModel(across=1.62, depth=1.21, offset_lps=0.016),
+        name="trunk: fitted elliptical caps across, elliptical cross-section along the beam"),
+    "PELVIS": SilhouetteModel(
+        EdgeModel(across=0.28, depth=0.42, offset_lps=-0.16), EdgeModel(across=0.28, depth=0.42, offset_lps=-0.16),
+        EdgeModel(across=0.0, depth=0.0, offset_source=0.36), EdgeModel(across=0.0, depth=0.0, offset_source=0.71),
+        "bony pelvis: trochanter caps across, wing-tip / pubis points along the beam"),
 }
 DEFAULT_OPTIONS: Mapping[str, Any] = {
     "table_pad_mm": 40.0,  # mattress between the table top and the patient's back
@@ -580,9 +598,10 @@ def combine_views(
 ) -> CombinedMeasurements:
     """3-D offsets from a frontal and a lateral CT localizer of the same Frame of Reference.
 
-    Each region's cross-section is solved as an ellipse (centre x, y; half LAT, half AP) whose fan-beam shadows
-    match both boxes: the lateral position from the frontal view sets the lateral view's depth and vice versa
-    (fixed-point iteration, exact for elliptical cross-sections). Both arguments must come from ``measure_image``.
+    Each region's axis-aligned extent (x, y; half LAT, half AP) is solved so that its fan-beam shadows match both
+    boxes (``geometry.solve_extent``; the lateral position from the frontal view sets the lateral view's depth and
+    vice versa), with the region's ``SILHOUETTE_MODELS`` entry saying what casts each edge (default: the
+    elliptical cross-section, exact for ellipses). Both arguments must come from ``measure_image``.
     Raises ValueError for views of different Frames of Reference or the wrong orientation.
     """
     fg, lg = _geometry_of(frontal, "frontal"), _geometry_of(lateral, "lateral")
@@ -630,21 +649,22 @@ def combine_views(
         a, b = f_fan[label], l_fan[label]
         fu = (a.u_lo + f_shift, a.u_hi + f_shift)
         lu = (b.u_lo + l_shift, b.u_hi + l_shift)
-        cx, half_x = fx * (fu[0] + fu[1]) / 2.0, (fu[1] - fu[0]) / 2.0
-        cy, half_y = ly * (lu[0] + lu[1]) / 2.0, (lu[1] - lu[0]) / 2.0
-        for _ in range(max_iterations):
-            prev = (cx, cy, half_x, half_y)
-            if f_ok:
-                cu, half_x = invert_silhouette(fu[0], fu[1], cy * sf, half_y, fg.sod_mm)  # type: ignore[arg-type]
-                cx = fx * cu
-            if l_ok:
-                cu, half_y = invert_silhouette(lu[0], lu[1], cx * sl, half_x, lg.sod_mm)  # type: ignore[arg-type]
-                cy = ly * cu
-            if max(abs(p - n) for p, n in zip(prev, (cx, cy, half_x, half_y), strict=True)) < 1e-9:
-                break
-        method = "frontal + lateral localizers solved together (elliptical cross-section, fan-beam silhouettes)"
-        if not (f_ok and l_ok):
-            method = "frontal + lateral box centres (fan-beam magnification not fully corrected)"
+        model = SILHOUETTE_MODELS.get(label, SilhouetteModel())
+        # shadows in LPS terms (x: right..left; y: anterior..posterior), relative to the combined isocenter
+        f_lps = tuple(sorted((fx * fu[0], fx * fu[1])))
+        l_lps = tuple(sorted((ly * lu[0], ly * lu[1])))
+        try:
+            (x_lo, x_hi), (y_lo, y_hi) = solve_extent(
+                f_lps, l_lps, frontal_sod_mm=fg.sod_mm if f_ok else None, frontal_source_sign=float(np.sign(sf)) or 1.0,
+                lateral_sod_mm=lg.sod_mm if l_ok else None, lateral_source_sign=float(np.sign(sl)) or 1.0,
+                model=model, max_iterations=max_iterations)
+        except GeometryError as exc:
+            reason = f"frontal and lateral shadows could not be solved together: {exc}"
+            regions.append(CombinedRegion(label, unavailable=((K.ISO_OFFSET_LATERAL, reason), (K.ISO_OFFSET_VERTICAL, reason))))
+            continue
+        cx, cy = (x_lo + x_hi) / 2.0, (y_lo + y_hi) / 2.0
+        half_x, half_y = (x_hi - x_lo) / 2.0, (y_hi - y_lo) / 2.0
+        method = f"frontal + lateral localizers solved together ({model.name}, fan-beam silhouettes)"
         z_c = ((a.z_lo + a.z_hi) / 2.0 + (b.z_lo + b.z_hi) / 2.0) / 2.0
         centre = (float(iso[0] + cx), float(iso[1] + cy), z_c)
         lat, ap = 2.0 * half_x, 2.0 * half_y
