@@ -231,9 +231,9 @@ def test_every_real_file(config: NodeConfig, pipeline: Any, realdata_files: list
 
 @pytest.mark.slow
 @pytest.mark.xfail(strict=True, reason=(
-    "reference model 1.0.0 was trained on simulated trunk images only, without negatives: it reports 4 regions "
-    "(score 0.68-1.0) on the lower-leg and the hand radiographs. A model trained with negative examples "
-    "(dicom-node train --negative-patches) should pass: then remove this mark."))
+    "known limit of reference model 1.0.0 (docs/MODEL_CARD.md): trained on simulated trunk and head images only, it "
+    "reports 4 regions (score 0.68-1.0) on the lower-leg and on the hand radiograph; a model that passes this "
+    "(e.g. trained with extremity negatives) makes this test XPASS, which fails: then remove this mark."))
 def test_images_without_an_anatomy_class_give_few_regions(
     config: NodeConfig, pipeline: Any, realdata_dir: Path
 ) -> None:
