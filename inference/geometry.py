@@ -824,15 +824,18 @@ class EdgeModel:
 
     Fractions of the extent's half sizes: ``across`` = cap semi-axis across the fan / half extent across (the cap's
     outer edge is the box edge); ``depth`` = cap semi-axis along the beam / half extent along the beam; the cap
-    centre lies ``offset_lps`` half extents from the box centre along +LPS of the beam axis and ``offset_source``
-    half extents towards the source. across = depth = 1, offsets 0: the whole elliptical cross-section (the
-    default, exact for elliptical cross-sections); depth = 0: a point (a sharp feature, e.g. a bony tip).
+    centre lies ``offset_lps`` half extents from the box centre along +LPS of the beam axis; ``offset_pair`` > 0:
+    a symmetric pair of such caps, ``offset_pair`` half extents either side of that centre along the beam (e.g. the
+    left and right iliac wing tips in a lateral view); the edge is the more extreme of their two shadows (the one
+    nearer the source when the edge lies outside the central ray, the farther one otherwise). across = depth = 1,
+    offsets 0: the whole elliptical cross-section (the default, exact for ellipses); depth = 0: a point (a sharp
+    feature, e.g. a bony tip); across = depth = 0, offset_pair = 1: the corners of a box (exact for a box).
     """
 
     across: float = 1.0
     depth: float = 1.0
     offset_lps: float = 0.0
-    offset_source: float = 0.0
+    offset_pair: float = 0.0
 
 
 ELLIPSE_EDGE = EdgeModel()
@@ -868,8 +871,10 @@ def extent_shadow(
     for i, m in enumerate((lo_model, hi_model)):
         a = m.across * h
         u = across[0] + a if i == 0 else across[1] - a
-        d = source_sign * (cb + m.offset_lps * big_h) + m.offset_source * big_h
-        out.append(silhouette_extents(u, d, a, m.depth * big_h, sod_mm)[i])
+        d = source_sign * (cb + m.offset_lps * big_h)
+        edges = [silhouette_extents(u, d + s * m.offset_pair * big_h, a, m.depth * big_h, sod_mm)[i]
+                 for s in ((1.0, -1.0) if m.offset_pair else (0.0,))]
+        out.append(min(edges) if i == 0 else max(edges))
     return out[0], out[1]
 
 

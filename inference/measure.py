@@ -79,15 +79,17 @@ DEFAULT_REGION_MODEL: Mapping[str, RegionShape] = {
 # and the others: the elliptical cross-section, exact for an ellipse. ABDOMEN (trunk: the widest and the deepest
 # cross-sections lie at different z) and PELVIS (bony pelvis: the AP extremes are the iliac wing tips and the pubis,
 # far from the midline; the lateral extremes are the trochanters) are empirical fits on simulated pairs (seeds
-# 7000-7039, pose fixed; docs/GEOMETRY.md): the lateral view's posterior edge of the pelvis is cast by a point
-# 0.71 half-widths towards the source (the wing tip on the source side), the anterior one 0.36.
+# 7000-7039, pose fixed; docs/GEOMETRY.md): in the lateral view the pelvis's posterior edge is cast by the pair of
+# iliac wing tips 0.818 half-widths either side of the midline, the anterior edge by the pubic pair at 0.549 (the
+# same fractions as measured directly from the phantom's extreme points); across the frontal view, by trochanter
+# caps lying 0.084 half-depths anterior of the box centre.
 SILHOUETTE_MODELS: Mapping[str, SilhouetteModel] = {
     "ABDOMEN": SilhouetteModel(
         EdgeModel(across=1.62, depth=1.21, offset_lps=0.016), EdgeModel(across=1.62, depth=1.21, offset_lps=0.016),
         name="trunk: fitted elliptical caps across, elliptical cross-section along the beam"),
     "PELVIS": SilhouetteModel(
-        EdgeModel(across=0.28, depth=0.42, offset_lps=-0.16), EdgeModel(across=0.28, depth=0.42, offset_lps=-0.16),
-        EdgeModel(across=0.0, depth=0.0, offset_source=0.36), EdgeModel(across=0.0, depth=0.0, offset_source=0.71),
+        EdgeModel(across=0.29, depth=0.68, offset_lps=-0.084), EdgeModel(across=0.29, depth=0.68, offset_lps=-0.084),
+        EdgeModel(across=0.0, depth=0.0, offset_pair=0.549), EdgeModel(across=0.0, depth=0.0, offset_pair=0.818),
         "bony pelvis: trochanter caps across, wing-tip / pubis points along the beam"),
 }
 DEFAULT_OPTIONS: Mapping[str, Any] = {

@@ -301,3 +301,50 @@ def test_silhouette_inversion_round_trip(cu: float, cd: float, a: float, b: floa
     # the shadow of an ellipse nearer the source is wider (magnification monotonic in depth)
     lo2, hi2 = silhouette_extents(cu, cd + 10.0, a, b, 570.0)
     assert hi2 - lo2 > hi - lo
+
+
+def _source_xy(sod: float, view: str, sign: float) -> np.ndarray:
+    return np.array([0.0, sign * sod]) if view == "frontal" else np.array([sign * sod, 0.0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.floats(-60, 60), st.floats(-60, 60), st.floats(80, 180), st.floats(40, 130),
+       st.sampled_from([-1.0, 1.0]), st.sampled_from([-1.0, 1.0]))
+def test_solve_extent_elliptical_and_corner_models(cx: float, cy: float, hx: float, hy: float, sf: float,
+                                                   sl: float) -> None:
+    """solve_extent recovers the extent exactly: for an ellipse (tangent rays, compared with the closed form) and for
+    a box whose edges are cast by its corners nearest the source (rays through the corners, computed here)."""
+    from inference.geometry import EdgeModel, SilhouetteModel, silhouette_extents, solve_extent
+
+    sod_f, sod_l = 595.0, 541.0
+    kw = dict(frontal_sod_mm=sod_f, frontal_source_sign=sf, lateral_sod_mm=sod_l, lateral_source_sign=sl)
+    # ellipse: the closed-form shadows of the elliptical cross-section (depth = towards the source)
+    fs = silhouette_extents(cx, sf * cy, hx, hy, sod_f)
+    ls = silhouette_extents(cy, sl * cx, hy, hx, sod_l)
+    (x0, x1), (y0, y1) = solve_extent(fs, ls, **kw)
+    assert (x0, x1, y0, y1) == pytest.approx((cx - hx, cx + hx, cy - hy, cy + hy), abs=1e-6)
+    # box: each shadow edge is the ray from the source through the corner nearest it (central projection)
+    corners = np.array([[x, y] for x in (cx - hx, cx + hx) for y in (cy - hy, cy + hy)])
+
+    def shadow(sod: float, src: np.ndarray, axis: int) -> tuple[float, float]:
+        other = 1 - axis
+        depth = (corners[:, other] * np.sign(src[other]))
+        u = corners[:, axis] * sod / (sod - depth)
+        return float(u.min()), float(u.max())
+
+    corner = EdgeModel(across=0.0, depth=0.0, offset_pair=1.0)
+    box = SilhouetteModel(corner, corner, corner, corner, "box")
+    (x0, x1), (y0, y1) = solve_extent(shadow(sod_f, _source_xy(sod_f, "frontal", sf), 0),
+                                      shadow(sod_l, _source_xy(sod_l, "lateral", sl), 1), model=box, **kw)
+    assert (x0, x1, y0, y1) == pytest.approx((cx - hx, cx + hx, cy - hy, cy + hy), abs=1e-6)
+
+
+def test_solve_extent_without_sod_is_orthographic_and_rejects_a_source_inside() -> None:
+    from inference.geometry import GeometryError, solve_extent
+
+    (x0, x1), (y0, y1) = solve_extent((-100.0, 120.0), (-90.0, 80.0), frontal_sod_mm=None, frontal_source_sign=1.0,
+                                      lateral_sod_mm=None, lateral_source_sign=1.0)
+    assert (x0, x1, y0, y1) == (-100.0, 120.0, -90.0, 80.0)
+    with pytest.raises(GeometryError, match="source"):
+        solve_extent((-100.0, 120.0), (-90.0, 80.0), frontal_sod_mm=60.0, frontal_source_sign=1.0,
+                     lateral_sod_mm=60.0, lateral_source_sign=1.0)
