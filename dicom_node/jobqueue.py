@@ -470,12 +470,14 @@ class JobQueue:
     # -- outbound ------------------------------------------------------------------------------------------------
 
     def claim_outbound(self, destination: str, now: float) -> OutboundRow | None:
-        """The next due item (``next_attempt_at <= now``, oldest due first) for ``destination``: pending -> sending."""
+        """The next due item for ``destination`` (pending -> sending): structured reports first (the primary result,
+        what the technologist waits for), then oldest due first."""
         rows = (
             self._conn()
             .execute(
                 "UPDATE outbound SET status='sending', updated_at=? WHERE id = (SELECT id FROM outbound"
-                " WHERE destination=? AND status='pending' AND next_attempt_at<=? ORDER BY next_attempt_at, id LIMIT 1)"
+                " WHERE destination=? AND status='pending' AND next_attempt_at<=? ORDER BY kind <> 'sr', next_attempt_at, id"
+                " LIMIT 1)"
                 " RETURNING *",
                 (time.time(), destination, now),
             )

@@ -151,6 +151,21 @@ def test_due_order_oldest_due_first(queue: JobQueue, tmp_path: Path) -> None:
     assert order == [rows[1].id, rows[2].id, rows[0].id]
 
 
+def test_structured_reports_go_first(queue: JobQueue, tmp_path: Path) -> None:
+    """A burst of scouts: every due SR is sent before the companions (SC, GSPS, plain SR, original) of any job."""
+    kinds = ("sc", "sr", "gsps", "plain_sr", "original")
+    for j in range(3):
+        job_id = queue.add_job(_obj(j, tmp_path))
+        queue.claim_job("w")
+        queue.finish_job(job_id, status="done",
+                         outbound=[_item("pacs", f"9.{j}.{k}", kind=kind) for k, kind in enumerate(kinds)])
+    claimed = [queue.claim_outbound("pacs", time.time() + 1) for _ in range(3 * len(kinds))]
+    order = [(r.kind, r.sop_instance_uid) for r in claimed]
+    assert [k for k, _ in order[:3]] == ["sr"] * 3  # the three SRs first, oldest job first
+    assert [u for _, u in order[:3]] == ["9.0.1", "9.1.1", "9.2.1"]
+    assert [u for _, u in order[3:]] == [f"9.{j}.{k}" for j in range(3) for k in (0, 2, 3, 4)]  # then oldest first
+
+
 def _claim_then_die(db: str) -> None:
     q = JobQueue(Path(db))
     q.claim_job("doomed")
