@@ -86,7 +86,8 @@ DEFAULT_REGION_MODEL: Mapping[str, RegionShape] = {
 SILHOUETTE_MODELS: Mapping[str, SilhouetteModel] = {
     "ABDOMEN": SilhouetteModel(
         EdgeModel(across=1.62, depth=1.21, offset_lps=0.016), EdgeModel(across=1.62, depth=1.21, offset_lps=0.016),
-        name="trunk: fitted elliptical caps across, elliptical cross-section along the beam"),
+        EdgeModel(across=0.226, depth=0.466, offset_lps=0.003), EdgeModel(across=1.171, depth=1.110, offset_lps=0.001),
+        "trunk: fitted elliptical caps (anterior: the belly of the deepest cross-section)"),
     "PELVIS": SilhouetteModel(
         EdgeModel(across=0.29, depth=0.68, offset_lps=-0.084), EdgeModel(across=0.29, depth=0.68, offset_lps=-0.084),
         EdgeModel(across=0.0, depth=0.0, offset_pair=0.549), EdgeModel(across=0.0, depth=0.0, offset_pair=0.818),
