@@ -7,7 +7,8 @@ SSDE, DLP and DAP shares. What cannot be computed goes in ``unavailable`` with t
 Frame of Reference together for exact fan-beam-corrected 3-D offsets. Conventions: docs/GEOMETRY.md.
 
 Fan-beam model of a region: each transverse cross-section is an ellipse; a localizer shows the shadow of the rays
-from the source tangent to it (``geometry.silhouette_extents``). Offsets: ``iso_offset_lateral`` = centre x minus
+from the source tangent to it (``geometry.silhouette_extents``); ``combine_views`` uses per-region edge models
+(``SILHOUETTE_MODELS``: what casts each shadow edge, e.g. the iliac wing tips for the pelvis). Offsets: ``iso_offset_lateral`` = centre x minus
 isocenter x (+: patient's left), ``iso_offset_vertical`` = centre y minus isocenter y (+: posterior).
 """
 
