@@ -49,7 +49,7 @@ def run_check_config(args: argparse.Namespace) -> int:
         print(
             f"route {route.name!r} ({route.source}): pipeline {pipeline}"
             + (f" [{models}]" if models else "")
-            + f", outputs {outputs}, to {', '.join(route.destinations)}"
+            + f", outputs {outputs}, to {', '.join(route.destinations) or 'nowhere'}"
             + (", forwards the original" if route.forward_original else "")
         )
     return 0
@@ -135,7 +135,7 @@ def run_route(args: argparse.Namespace) -> int:
         pipeline = route.pipeline.name if route.pipeline else "none"
         print(
             f"=> route {route.name!r}: pipeline {pipeline}, outputs {', '.join(k for k in OUTPUT_KINDS if k in route.outputs) or 'none'}, "
-            f"destinations {', '.join(route.destinations)}"
+            f"destinations {', '.join(route.destinations) or 'none'}"
             + (", original forwarded" if route.forward_original else "")
         )
     else:

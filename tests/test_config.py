@@ -68,8 +68,10 @@ def test_example_yaml_loads_clean() -> None:
     )
     assert pacs.retry.max_delay_s == 300.0  # "5m"
     assert config.models["reference"].card == "builtin:reference"
-    assert [r.name for r in config.routes] == ["ct-localizer", "radiograph"]
-    for route in config.routes:
+    assert [r.name for r in config.routes] == ["ct-localizer", "radiograph-out-of-scope", "radiograph"]
+    out_of_scope = config.routes[1]
+    assert out_of_scope.pipeline is None and out_of_scope.destinations == () and not out_of_scope.forward_original
+    for route in (config.routes[0], config.routes[2]):
         assert route.outputs == frozenset(OUTPUT_KINDS)
         assert route.destinations == ("pacs",)
         assert route.pipeline is not None and route.pipeline.name == "reference"
@@ -91,11 +93,11 @@ def test_example_commented_cascade_and_calibration_are_valid(tmp_path: Path) -> 
     path = tmp_path / "example.yaml"
     path.write_text(text)
     config = load_config(path)
-    assert [r.name for r in config.routes] == ["ct-localizer", "radiograph", "chest-cascade"]
+    assert [r.name for r in config.routes] == ["ct-localizer", "radiograph-out-of-scope", "radiograph", "chest-cascade"]
     assert config.models["chest_gate"].card == str(tmp_path / "models" / "chest_gate.yaml")
     loc = config.routes[0].pipeline.detectors[0]  # type: ignore[union-attr]
     assert (loc.score_threshold, loc.nms_iou) == (0.3, 0.5)
-    cascade = config.routes[2].pipeline.detectors[0]  # type: ignore[union-attr]
+    cascade = config.routes[3].pipeline.detectors[0]  # type: ignore[union-attr]
     assert (cascade.model, cascade.gate, cascade.gate_classes, cascade.gate_threshold) == (
         "reference",
         "chest_gate",
@@ -110,7 +112,7 @@ def test_example_commented_cascade_and_calibration_are_valid(tmp_path: Path) -> 
 def test_config_pickles_for_worker_processes() -> None:
     config = load_config(EXAMPLE)
     again = pickle.loads(pickle.dumps(config))
-    assert again.node == config.node and [r.name for r in again.routes] == ["ct-localizer", "radiograph"]
+    assert again.node == config.node and [r.name for r in again.routes] == ["ct-localizer", "radiograph-out-of-scope", "radiograph"]
 
 
 def test_defaults_of_a_minimal_config() -> None:
@@ -622,7 +624,7 @@ def test_check_config_cli_ok(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out.splitlines()
     assert (
         out[0]
-        == "OK: 2 routes, 1 destination, 1 model, default drop; listening as DICOMNODE on 0.0.0.0:11112"
+        == "OK: 3 routes, 1 destination, 1 model, default drop; listening as DICOMNODE on 0.0.0.0:11112"
     )
     line = next(i for i, text in enumerate(EXAMPLE.read_text().splitlines(), 1) if "name: ct-localizer" in text)
     assert (
