@@ -115,8 +115,13 @@ ALL_TRANSFER_SYNTAXES = [
 
 
 def _demo_config(base: Path, node_port: int, pacs: tuple[str, str, int], workdir: Path) -> Path:
-    """The example config with the node's port and the ``pacs`` destination changed (nothing else)."""
+    """The example config with the node's port and the ``pacs`` destination changed, and the ``measurement``
+    section a site would write for its scanners, here the simulated ones (calibration and geometry: see
+    ``inference.simulator.site``); nothing else."""
+    from inference.simulator.site import simulated_site_config
+
     cfg = yaml.safe_load(base.read_text())
+    cfg["measurement"] = simulated_site_config()
     cfg.setdefault("node", {})["port"] = node_port
     dest = cfg.setdefault("destinations", {}).setdefault("pacs", {})
     dest.update({"ae_title": pacs[0], "host": pacs[1], "port": pacs[2]})

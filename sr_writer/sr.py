@@ -579,10 +579,16 @@ def read_sr(ds: Dataset) -> list[ReadRegion]:
 
 def read_image_notes(ds: Dataset) -> list[str]:
     """TEXT notes of the report's Qualitative Evaluations container (geometry level, isocenter source, what
-    could not be computed and why, header attributes dropped or derived)."""
+    could not be computed and why, header attributes dropped or derived). Items other than plain processing notes
+    are prefixed with their concept, e.g. "Geometry level of measurements: patient"."""
     out: list[str] = []
     for item in ds.ContentSequence:
         name = item.ConceptNameCodeSequence[0]
         if item.ValueType == "CONTAINER" and name.CodeValue == C.QUALITATIVE_EVALUATIONS.value:
-            out += [str(child.TextValue) for child in item.ContentSequence if child.ValueType == "TEXT"]
+            for child in item.ContentSequence:
+                if child.ValueType != "TEXT":
+                    continue
+                concept = child.ConceptNameCodeSequence[0]
+                is_note = concept.CodeValue == C.NOTE.value and concept.CodingSchemeDesignator == C.NOTE.scheme_designator
+                out.append(str(child.TextValue) if is_note else f"{concept.CodeMeaning}: {child.TextValue}")
     return out

@@ -177,7 +177,7 @@ def test_roundtrip_localizer_recovers_boxes_and_measurements(realdata_dir: Path,
     x0 = ipp[0] + (chest.box.x_min - 0.5) * float(src.PixelSpacing[1])
     assert chest.polygon_lps_mm[0][0] == pytest.approx(x0, abs=1e-3)
     notes = read_image_notes(sr)
-    assert "patient" in notes and "table height (test)" in notes
+    assert "Geometry level of measurements: patient" in notes and "Isocenter source: table height (test)" in notes
     # vertical offset -42.5 mm: centre anterior of the isocenter -> move the patient posterior; FFS: lower the table
     assert src.PatientPosition == "FFS"
     assert any("42.5 mm posterior (supine: lower the table 42.5 mm)" in n for n in read[0].notes)
@@ -237,7 +237,7 @@ def test_radiograph_without_spacing_reports_pixels_and_why(realdata_dir: Path, t
     assert QuantityKind.BOX_WIDTH not in chest.quantities
     assert any("box size in mm" in t and "no pixel spacing" in t for t in chest.not_computed)
     notes = read_image_notes(sr)
-    assert "pixels" in notes
+    assert "Geometry level of measurements: pixels" in notes
     assert any("PatientOrientation unknown" in n for n in notes)
     proc = [i for i in sr.ContentSequence if i.ConceptNameCodeSequence[0].CodeValue == "121058"][0]
     assert proc.ConceptCodeSequence[0].CodeValue == "43468-8"
