@@ -108,7 +108,8 @@ class _QuotedValueFilter(logging.Filter):
 
 def apply_log_level(level: str) -> None:
     logging.getLogger().setLevel(level)
-    logging.getLogger("pynetdicom").setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
+    for chatty in ("pynetdicom", "highdicom"):  # library INFO lines (~30 per job for highdicom) only when debugging
+        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 class Node:
