@@ -35,39 +35,10 @@ METRICS = ("lat_combined", "lat_frontal", "vert_combined", "vert_lateral", "vert
 
 
 def simulator_settings() -> Any:
-    """Measurement settings a site would configure for the simulated scanners: calibration and geometry.
+    """Measurement settings a site would configure for the simulated scanners (``inference.simulator.site``)."""
+    from inference.simulator.site import simulated_site_settings
 
-    WEPL calibration (the simulator's documented value model: stored = offset + gain * P): slope = 1 / (gain *
-    mu_water); offset = the rescaled value of the empty table and mattress (a calibration scan of the table), so
-    WEPL counts the patient only. Scanner geometry (SOD, SID, tube side) for the profiles whose headers lack it.
-    """
-    from dicom_node.config_schema import MeasurementSettings, ScannerCalibration
-    from inference.simulator.phantom import MU_WATER, table_components
-    from inference.simulator.profiles import CT_PROFILES
-
-    # line integral of the table + mattress along a vertical ray through its middle (calibration scan)
-    table_p = sum(c.excess * _vertical_chord(c) for c in table_components(0.0))
-    cals, geo = [], []
-    for p in CT_PROFILES.values():
-        rescaled_table = p.offset + p.gain * table_p + p.rescale_intercept
-        cals.append(ScannerCalibration(match={"Manufacturer": p.manufacturer}, slope_mm_per_unit=1.0 / (p.gain * MU_WATER),
-                                       offset=rescaled_table))
-        geo.append({
-            "match": {"Manufacturer": p.manufacturer, "ManufacturerModelName": p.model},
-            "sod_mm": p.sod,
-            "sid_mm": p.sid,
-            "frontal_view_position": p.frontal_view,
-            "lateral_view_position": {"LAT_L": "RL", "LAT_R": "LL"}[p.lateral_view],
-        })
-    return MeasurementSettings(scanner_calibrations=tuple(cals), options={"scanner_geometry": geo})
-
-
-def _vertical_chord(component: Any) -> float:
-    from inference.simulator.raycast import Rays
-
-    rays = Rays((np.zeros((1, 1)), np.full((1, 1), -1000.0), np.zeros((1, 1))),
-                (np.zeros((1, 1)), np.ones((1, 1)), np.zeros((1, 1))))
-    return float(component.length(rays)[0, 0])
+    return simulated_site_settings()
 
 
 def run_case(args: tuple[int, str, bool, int]) -> dict[str, Any]:
