@@ -29,6 +29,7 @@ from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 
+from dicom_node.netutil import free_port
 from inference.types import QuantityKind
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,12 +46,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shift", type=float, nargs=2, default=(35.0, -25.0), metavar=("X_MM", "Y_MM"),
                    help="patient off-centre shift (LPS mm) of the simulated localizer")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the results")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _parse_ae(text: str) -> tuple[str, str, int]:
@@ -79,7 +74,7 @@ class EmbeddedStore:
         for cx in contexts:
             ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
-        self.port = _free_port()
+        self.port = free_port()
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
                                        evt_handlers=[(evt.EVT_C_STORE, self._on_store)])
         return self.port
@@ -201,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
             store = EmbeddedStore("ORTHANC", work / "pacs")
             pacs = ("ORTHANC", "127.0.0.1", store.start())
             print(f"embedded PACS stand-in: AE ORTHANC at 127.0.0.1:{pacs[2]}")
-        node_port = _free_port()
+        node_port = free_port()
         config = _demo_config(args.config, node_port, pacs, work)
         storage = work / "storage"
         log_path = out / "node.log"

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 
+from dicom_node.netutil import free_port
 from tests.conftest import require_tool
 
 ORTHANC_AET = "ORTHANC"
@@ -37,13 +38,6 @@ function OnStoredInstance(instanceId, tags, metadata, origin)
   f:close()
 end
 """
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class OrthancError(RuntimeError):

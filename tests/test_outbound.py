@@ -15,6 +15,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]
 
 from dicom_node.config_schema import Destination, RetryPolicy, Timeouts
+from dicom_node.netutil import wait_port
 from dicom_node.outbound import Outcome, classify_status, echo, next_delay_s, parse_peer, store_files
 from tests.conftest import require_tool
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
@@ -74,7 +75,7 @@ def test_uncompressed_only_peer_gets_decompressed_copies(tmp_path: Path, realdat
     proc = subprocess.Popen([storescp, "-aet", "STORESCP", "-od", str(out), str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
-        _wait_port(port)
+        wait_port(port)
         picks = [p for p in realdata_files if p.name.startswith(("cr_fuji", "cr_wg04_RG3", "loc_philips_MAROTECH", "hard_"))]
         results = store_files(dest_for(port, ae="STORESCP"), picks, FAST)
     finally:
@@ -111,19 +112,6 @@ def test_rejection_is_permanent_and_refused_is_transient(orthanc: Orthanc, reald
     bad.write_text("hello")
     [res] = store_files(dest_for(orthanc.dicom_port), [bad], FAST)
     assert res.outcome is Outcome.PERMANENT and "cannot read DICOM file meta" in res.reason
-
-
-def _wait_port(port: int, timeout_s: float = 10.0) -> None:
-    import socket
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise AssertionError(f"nothing listening on {port}")
 
 
 @pytest.mark.peers
