@@ -16,10 +16,12 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
@@ -304,3 +306,23 @@ def make_small_images(directory: Path, n: int, rows: int = 32, cols: int = 32) -
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[NodeProcess]:
+    """A `dicom-node serve` child process in the test's temp dir (import this fixture into a test module)."""
+    proc = NodeProcess(tmp_path / "node")
+    try:
+        yield proc
+    finally:
+        proc.close()
+
+
+def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+    """Poll ``predicate`` every 0.1 s; AssertionError naming ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pydicom
@@ -23,7 +22,7 @@ from dicom_node.jobqueue import JobQueue
 from dicom_node.uids import result_uids
 from inference.types import QuantityKind
 from tests.conftest import ROOT
-from tests.node_process import NodeProcess, storescu
+from tests.node_process import NodeProcess, node, storescu  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
@@ -48,15 +47,6 @@ def example_config_text(port: int, storage: Path, pacs_port: int) -> str:
     cfg["destinations"]["pacs"]["retry"]["initial_delay_s"] = 0.5
     cfg["models"]["reference"]["card"] = REFERENCE_CARD
     return yaml.safe_dump(cfg, sort_keys=False)
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path / "node")
-    try:
-        yield proc
-    finally:
-        proc.close()
 
 
 def test_results_arrive_in_orthanc_under_the_source_study(

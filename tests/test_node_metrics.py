@@ -10,7 +10,6 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,7 +27,7 @@ from dicom_node.metrics import (
 )
 from dicom_node.pipeline import ReceivedObject
 from tests.conftest import require_tool
-from tests.node_process import NodeProcess, make_small_images, node_config, storescu
+from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu  # noqa: F401
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
 
 # ---- a strict parser of the Prometheus text format (what a scraper does) -----------------------------------------
@@ -210,15 +209,6 @@ def get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
-
-
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path / "node")
-    try:
-        yield proc
-    finally:
-        proc.close()
 
 
 def _wait_metric(url: str, predicate, timeout_s: float, what: str) -> dict[Sample, float]:  # type: ignore[no-untyped-def]

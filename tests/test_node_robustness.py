@@ -25,7 +25,7 @@ from dicom_node.jobqueue import JobQueue
 from dicom_node.pipeline import PIPELINES, ReceivedObject
 from tests.conftest import ROOT
 from tests.crash_pipeline import KILL_MARKER, PIPELINE_NAME
-from tests.node_process import NodeProcess, make_small_images, node_config, storescu
+from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu, wait_until  # noqa: F401
 
 
 def _obj(path: Path, uid: str) -> ReceivedObject:
@@ -131,24 +131,6 @@ def crash_node(tmp_path: Path) -> Iterator[ModuleNodeProcess]:
         proc.close()
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path / "node")
-    try:
-        yield proc
-    finally:
-        proc.close()
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 @pytest.mark.slow
 @pytest.mark.peers
 def test_a_poison_object_is_retried_then_failed_without_a_crash_loop(
@@ -174,7 +156,7 @@ def test_a_poison_object_is_retried_then_failed_without_a_crash_loop(
         counts = queue.job_counts()
         return counts["pending"] == counts["running"] == 0 and sum(counts.values()) == 4
 
-    _wait(settled, 60, "every job to end")
+    wait_until(settled, 60, "every job to end")
     jobs = {j.sop_instance_uid: j for j in queue.recent_jobs(10)}
     poison = jobs.pop(poison_uid)
     assert poison.status == "error", poison
@@ -189,12 +171,12 @@ def test_a_poison_object_is_retried_then_failed_without_a_crash_loop(
     log = crash_node.wait_log(r"died with exit code 70; starting a replacement", 15, count=2)
     assert len([line for line in log.splitlines() if "queued again: its worker died (exit code 70)" in line]) == 1
     assert "ended in error: workers died 2 times" in log
-    _wait(lambda: len(crash_node.workers()) == 2, 30, "two live workers")
+    wait_until(lambda: len(crash_node.workers()) == 2, 30, "two live workers")
     assert not set(crash_node.workers()) & workers_before  # both were replaced, the pool goes on
     # the pool still works after the poison object
     more = make_small_images(tmp_path / "more", 2)
     assert len(storescu(crash_node.port, more).succeeded) == 2
-    _wait(lambda: queue.job_counts()["done"] == 5, 60, "new jobs to be processed")
+    wait_until(lambda: queue.job_counts()["done"] == 5, 60, "new jobs to be processed")
     assert crash_node.stop() == 0
 
 

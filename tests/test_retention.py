@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -25,7 +24,7 @@ from dicom_node.pipeline import ReceivedObject
 from dicom_node.retention import DAY_S, run_retention, spool_usage
 from dicom_node.spool import Spool
 from tests.conftest import ROOT
-from tests.node_process import NodeProcess, make_small_images, node_config, storescu
+from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu, wait_until  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401
 
 CR = "1.2.840.10008.5.1.4.1.1.1"
@@ -240,24 +239,6 @@ def test_property_nothing_needed_is_ever_deleted(
 # ---- the node ----------------------------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path / "node")
-    try:
-        yield proc
-    finally:
-        proc.close()
-
-
-def _wait(predicate, timeout_s: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-
-
 @pytest.mark.slow
 @pytest.mark.peers
 def test_node_deletes_delivered_objects_and_keeps_unsent_ones(
@@ -277,9 +258,9 @@ def test_node_deletes_delivered_objects_and_keeps_unsent_ones(
     assert len(storescu(node.port, delivered).succeeded) == 2
     uids = [str(read_file_meta_info(f).MediaStorageSOPInstanceUID) for f in delivered]
     orthanc.wait_for_count(2)
-    _wait(lambda: not (set(uids) & spooled()), 30, "delivered objects to be deleted")
+    wait_until(lambda: not (set(uids) & spooled()), 30, "delivered objects to be deleted")
     queue = JobQueue(node.storage / "queue.sqlite3")
-    _wait(lambda: sum(queue.job_counts().values()) == 0, 15, "their rows to be pruned")
+    wait_until(lambda: sum(queue.job_counts().values()) == 0, 15, "their rows to be pruned")
     node.wait_log(r"retention: deleted 2 object\(s\)|retention: deleted 1 object\(s\)", 5)
 
     orthanc.stop()  # the PACS is down: the next object stays queued (pending, retried)
@@ -289,7 +270,7 @@ def test_node_deletes_delivered_objects_and_keeps_unsent_ones(
     time.sleep(4)  # several retention passes, twice the retention time
     assert uid in spooled()
     orthanc.start(reject=True)  # the PACS refuses us: a dead letter, still kept
-    _wait(lambda: sum(c["dead"] for c in queue.outbound_summary().values()) == 1, 30, "a dead letter")
+    wait_until(lambda: sum(c["dead"] for c in queue.outbound_summary().values()) == 1, 30, "a dead letter")
     time.sleep(3)
     assert uid in spooled() and queue.job_counts()["done"] == 1
     orthanc.stop()
@@ -297,6 +278,6 @@ def test_node_deletes_delivered_objects_and_keeps_unsent_ones(
     retry = subprocess.run([sys.executable, "-m", "dicom_node.cli", "retry", "--storage", str(node.storage)],
                            capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert retry.returncode == 0, retry.stdout + retry.stderr
-    _wait(lambda: uid in orthanc.sop_instance_uids(), 30, "the resubmitted object at the PACS")
-    _wait(lambda: uid not in spooled(), 30, "the delivered object to be deleted")
+    wait_until(lambda: uid in orthanc.sop_instance_uids(), 30, "the resubmitted object at the PACS")
+    wait_until(lambda: uid not in spooled(), 30, "the delivered object to be deleted")
     assert node.stop() == 0

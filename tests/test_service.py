@@ -9,7 +9,6 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,32 +16,14 @@ from pydicom.filereader import read_file_meta_info
 
 from dicom_node.jobqueue import JobQueue
 from tests.conftest import require_tool
-from tests.node_process import NodeProcess, make_small_images, node_config, storescu
+from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu, wait_until  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401
 
 pytestmark = [pytest.mark.peers, pytest.mark.slow]
 
 
-@pytest.fixture
-def node(tmp_path: Path) -> Iterator[NodeProcess]:
-    proc = NodeProcess(tmp_path / "node")
-    try:
-        yield proc
-    finally:
-        proc.close()
-
-
 def uid_of(path: Path) -> str:
     return str(read_file_meta_info(path).MediaStorageSOPInstanceUID)
-
-
-def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
 
 
 def echoscu(port: int, called: str) -> subprocess.CompletedProcess[str]:
