@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -306,32 +307,39 @@ class CallingAECondition:
         return ok, [f"{self.source}: calling AE {what} {expected}: {'yes' if ok else 'no'} ({shown})"]
 
 
+class _Combination:
+    """``all``/``any`` of the children; subclasses set ``word`` and ``reduce`` (class attributes, so they pickle)."""
+
+    word: str = ""
+    reduce: Callable[[Iterable[bool]], bool] = all
+    children: tuple[Matcher, ...]
+    source: SourceLocation
+
+    def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
+        results = [child.explain(ds, calling_ae) for child in self.children]
+        ok = type(self).reduce(r[0] for r in results)
+        head = f"{self.source}: {self.word} of {len(self.children)} condition{'s' * (len(self.children) != 1)}"
+        return ok, [f"{head}: {'yes' if ok else 'no'}"] + ["  " + line for r in results for line in r[1]]
+
+
 @dataclass(frozen=True)
-class AllOf:
+class AllOf(_Combination):
     """True when every child is true (an empty ``all`` is true: match everything)."""
 
+    word = "all"
+    reduce = all
     children: tuple[Matcher, ...]
     source: SourceLocation
-
-    def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
-        results = [child.explain(ds, calling_ae) for child in self.children]
-        ok = all(r[0] for r in results)
-        head = f"{self.source}: all of {len(self.children)} condition{'s' * (len(self.children) != 1)}"
-        return ok, [f"{head}: {'yes' if ok else 'no'}"] + ["  " + line for r in results for line in r[1]]
 
 
 @dataclass(frozen=True)
-class AnyOf:
+class AnyOf(_Combination):
     """True when at least one child is true."""
 
+    word = "any"
+    reduce = any
     children: tuple[Matcher, ...]
     source: SourceLocation
-
-    def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
-        results = [child.explain(ds, calling_ae) for child in self.children]
-        ok = any(r[0] for r in results)
-        head = f"{self.source}: any of {len(self.children)} condition{'s' * (len(self.children) != 1)}"
-        return ok, [f"{head}: {'yes' if ok else 'no'}"] + ["  " + line for r in results for line in r[1]]
 
 
 @dataclass(frozen=True)

@@ -350,11 +350,3 @@ class DetectorPool:
         for det in self._detectors.values():
             det.close()
         self._detectors.clear()
-
-
-def run_detectors(ds: Dataset, detector_specs: Sequence[Any], registry: DetectorPool,
-                  pixels: np.ndarray | None = None) -> list[Detection]:  # fmt: skip
-    """All detections of a route's detectors on one image (cascades honoured); see inference.cascade."""
-    from inference.cascade import run_cascade
-
-    return list(run_cascade(ds, detector_specs, registry, pixels=pixels).detections)
