@@ -326,11 +326,9 @@ def test_every_quantity_kind_has_a_concept_and_unit() -> None:
 
 def test_roundtrip_with_simulator_and_measure_image() -> None:
     """The real measurement module's output (every quantity, unavailable reason and polygon) survives the SR."""
-    try:
-        from inference.measure import measure_image
-        from inference.simulator.simulate import simulate_case
-    except ImportError as exc:
-        pytest.skip(f"simulator or measure_image not available in this checkout: {exc}")
+    from inference.measure import measure_image
+    from inference.simulator.simulate import simulate_case
+
     case = simulate_case(6, kind="ct_frontal")
     ds = case.dataset
     dets = [Detection(r.label, CONCEPTS[r.label], 0.9, r.box_px, MODEL) for r in case.truth.regions]
@@ -441,11 +439,9 @@ def test_fast_sr_equals_reference_for_every_real_file(realdata_files: list[Path]
 
 
 def test_fast_sr_equals_reference_for_simulated_cases() -> None:
-    try:
-        from inference.measure import measure_image
-        from inference.simulator.simulate import simulate_case
-    except ImportError as exc:
-        pytest.skip(f"simulator or measure_image not available in this checkout: {exc}")
+    from inference.measure import measure_image
+    from inference.simulator.simulate import simulate_case
+
     for seed, kind in ((6, "ct_frontal"), (11, "ct_lateral"), (11, "dx")):
         case = simulate_case(seed, kind=kind)
         ds = case.dataset
