@@ -51,7 +51,7 @@ def write_results(
 
     ``pixels``: the decoded stored values of the source (rows x columns) when the caller has them; the secondary
     capture needs them (decoded from ``source`` otherwise) and the GSPS uses them for its window.
-    ``reference``: build SRs and GSPS entirely from highdicom objects (slow; the same datasets, for tests and
+    ``reference``: build the GSPS entirely from highdicom objects (slow; the same dataset, for tests and
     benchmarks).
     Raises ValueError with a precise message on bad input (unknown kind, mismatching measurements, undecodable
     pixels for a secondary capture).
@@ -68,12 +68,12 @@ def write_results(
         if kind not in wanted:
             continue
         if kind == "sr":
-            out.append(write_sr(source, detections, measurements, ctx, header=header, reference=reference))
+            out.append(write_sr(source, detections, measurements, ctx, header=header))
         elif kind == "sc":
             out.append(write_sc(source, detections, measurements, ctx, pixels=pixels, header=header))
         elif kind == "gsps":
             out.append(write_gsps(source, detections, measurements, ctx, pixels=pixels, header=header,
                                   reference=reference))
         else:
-            out.append(write_plain_sr(source, detections, measurements, ctx, header=header, reference=reference))
+            out.append(write_plain_sr(source, detections, measurements, ctx, header=header))
     return out

@@ -86,10 +86,10 @@ QUANTITY_SPECS: dict[QuantityKind, QuantitySpec] = {
     QuantityKind.CENTER_Y: QuantitySpec(private("CENTER-Y", "Box centre patient y (LPS)"), "mm"),
     QuantityKind.CENTER_Z: QuantitySpec(private("CENTER-Z", "Box centre patient z (LPS)"), "mm"),
     QuantityKind.ISO_OFFSET_LATERAL: QuantitySpec(
-        private("ISO-OFFSET-LAT", "Lateral offset of region centre from isocenter"), "mm"
+        private("ISO-OFFSET-LAT", "Lateral offset from isocenter"), "mm"
     ),
     QuantityKind.ISO_OFFSET_VERTICAL: QuantitySpec(
-        private("ISO-OFFSET-VERT", "Vertical offset of region centre from isocenter"), "mm"
+        private("ISO-OFFSET-VERT", "Vertical offset from isocenter"), "mm"
     ),
     QuantityKind.EFFECTIVE_DIAMETER: QuantitySpec(_std(codes.DCM.DerivedEffectiveDiameter), "cm"),  # DCM 113933
     QuantityKind.WATER_EQUIVALENT_DIAMETER: QuantitySpec(_std(codes.DCM.WaterEquivalentDiameter), "cm"),  # 113980

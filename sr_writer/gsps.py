@@ -15,10 +15,11 @@ from pydicom.dataset import Dataset
 from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements
 from sr_writer.context import ResultContext
+from sr_writer.regions import closed_polyline, region_pairs, tracking
 from sr_writer.render import choose_window, colour_for, modality_values
 from sr_writer.sc import legend_line, lps_to_pixel
 from sr_writer.source import SourceHeader, read_source_header
-from sr_writer.sr import closed_polyline, contributing_equipment, finish, region_pairs, tracking
+from sr_writer.sr import contributing_equipment, finish
 
 
 @lru_cache(maxsize=64)

@@ -13,9 +13,10 @@ from pydicom.uid import ExplicitVRLittleEndian
 from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements, QuantityKind, RegionMeasurement
 from sr_writer.context import ResultContext
+from sr_writer.regions import region_pairs
 from sr_writer.render import DrawRegion, render_annotated, to_display
 from sr_writer.source import SourceHeader, read_source_header
-from sr_writer.sr import contributing_equipment, finish, region_pairs
+from sr_writer.sr import contributing_equipment, finish
 
 
 def _plane(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None:

@@ -1,16 +1,30 @@
-"""The TID 1500 content tree of our SRs encoded directly as Explicit VR Little Endian bytes (the fast path).
+"""The TID 1500 content tree of our SRs: its one description, encoded directly as Explicit VR Little Endian bytes.
 
-``sr_writer.sr.build_groups`` builds the same tree from highdicom template objects: every content item is a
-validated pydicom Dataset (~3000 elements, ~870 nested datasets for five regions), which costs ~150 ms to build
-and ~80 ms more for pydicom to encode. Here each item is packed with ``struct`` as it will sit in the file, with
-the code-sequence items encoded once and cached. The result becomes the document's Content Sequence as
-one raw element: pydicom parses it only when someone reads it, and writes it back unchanged when the encoding is
-Explicit VR Little Endian (it re-encodes it, element by element, for any other transfer syntax).
+Tree (docs/RESULTS.md explains each choice, with what OHIF, the cornerstone adapters and the validators need):
 
-The bytes are exactly what pydicom writes for the highdicom tree (tests/test_sr.py compares them,
-byte for byte and item by item, for every real file and simulated cases); any change to the tree must be made in
-both builders. Same conventions as ``sr_writer.sr``: SCOORD in pixel coordinates with (0, 0) the top-left corner
-of the first pixel, SCOORD3D in LPS mm in the source's Frame of Reference, quantities in their UCUM units.
+* Root (TID 1500): language, device observer (Device UID of the model), procedure reported, image library
+  (TID 1600, one entry: the source image with its geometry), Imaging Measurements when a region was found, and a
+  Qualitative Evaluations container with TEXT notes (number of regions, geometry level, isocenter source, what could
+  not be computed and why).
+* Imaging Measurements: one TID 1501 measurement group per region, with nothing else in the container (viewers
+  expect coordinates in every group there):
+  - Tracking Identifier (cornerstone's RectangleROI identifier, then ours, e.g. "...:RectangleROI:CHEST region 1")
+    and a deterministic Tracking UID; finding category, finding and finding site (the model card's concept);
+    Algorithm Identification (TID 4019);
+  - a Comment (DCM 121106) with the region's display name: what viewers label the region with;
+  - the measurements (TID 300, UCUM units, Measurement Method Measured / Estimated), lateral and vertical
+    isocenter offsets and area first, each INFERRED FROM one coordinate (TID 320): the first from the box as a
+    closed SCOORD POLYLINE on the source image, the others, in a Comprehensive 3D SR with a patient frame, from
+    the same box in the patient frame (closed SCOORD3D POLYLINE in the source's Frame of Reference), else from the
+    2D box too;
+  - image-level quantities (diaphragm level) in the CHEST group (else ABDOMEN, else the first), and TEXT notes.
+
+Encoding: each item is packed with ``struct`` as it will sit in the file, with code-sequence items encoded once and
+cached (the same tree built as highdicom template objects took ~150 ms to build and ~80 ms to encode for five
+regions; this takes ~10 ms). The result becomes the document's Content Sequence as one raw element: pydicom
+parses it only when someone reads it. tests/test_sr.py checks every document against highdicom's reading of it
+(``from_dataset``) and the validators (dciodvfy, dsrdump, DicomSRValidator). SCOORD in pixel coordinates with
+(0, 0) the top-left corner of the first pixel, SCOORD3D in LPS mm, quantities in their UCUM units.
 """
 
 from __future__ import annotations
@@ -26,20 +40,28 @@ from pydicom.charset import convert_encodings, encode_string
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DS
 
-from dicom_node.uids import derived_uid
-from inference.types import Detection, ImageMeasurements, Quantity, QuantityKind
+from inference.types import Detection, GeometryLevel, ImageMeasurements, QuantityKind
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
-from sr_writer.source import SourceHeader
-from sr_writer.sr import (
-    _MODALITY_MEANING,
-    TEXT_MAX,
-    _no_mm_reason,
+from sr_writer.regions import (
     checked_spec,
+    closed_polyline,
+    display_names,
     region_pairs,
     table_move_text,
     tracking,
 )
+from sr_writer.source import SourceHeader
+
+TEXT_MAX = 1024  # UT would allow more; keep notes short
+
+# Tracking Identifier prefix: the cornerstone adapters (OHIF's SR reader) turn a group whose identifier starts with
+# it into an editable rectangle measurement; the rest of the identifier is ours ("CHEST region 1").
+TRACKING_PREFIX = "Cornerstone3DTools@^0.1.0:RectangleROI:"
+
+MODALITY_MEANING = {"CT": "Computed Tomography", "CR": "Computed Radiography", "DX": "Digital Radiography",
+                    "RG": "Radiographic imaging", "RF": "Radio Fluoroscopy", "XA": "X-Ray Angiography",
+                    "MG": "Mammography", "IO": "Intra-oral Radiography", "PX": "Panoramic X-Ray"}
 
 # A concept as (code value, scheme designator, meaning, scheme version or None).
 Key = tuple[str, str, str, str | None]
@@ -178,10 +200,8 @@ N_ALGORITHM_VERSION = ("111003", "DCM", "Algorithm Version", None)
 N_ALGORITHM_PARAMETERS = ("111002", "DCM", "Algorithm Parameters", None)
 N_ALGORITHM_FAMILY = ("111000", "DCM", "Algorithm Family", None)
 N_MEASUREMENT_METHOD = ("370129005", "SCT", "Measurement Method", None)
-N_GEOMETRIC_PURPOSE = ("130400", "DCM", "Geometric purpose of region", None)
-N_IMAGE_REGION = ("111030", "DCM", "Image Region", None)
+N_COMMENT = ("121106", "DCM", "Comment", None)
 N_SOURCE = ("260753009", "SCT", "Source", None)
-N_SOURCE_OF_MEASUREMENT = key(codes.DCM.SourceOfMeasurement)
 N_IMAGE_LIBRARY = key(codes.DCM.ImageLibrary)
 N_IMAGE_LIBRARY_GROUP = key(codes.DCM.ImageLibraryGroup)
 N_MODALITY = key(codes.DCM.Modality)
@@ -203,11 +223,11 @@ V_ANATOMICAL_STRUCTURE = key(codes.SCT.AnatomicalStructure)
 K_SPEC = {kind: (key(spec.name), spec.unit) for kind, spec in C.QUANTITY_SPECS.items()}
 K_UNIT = {u: key(c) for u, c in C.UNITS.items()}
 K_PIXEL_WIDTH, K_PIXEL_HEIGHT = key(C.PIXEL_WIDTH.name), key(C.PIXEL_HEIGHT.name)
-K_REGION_COUNT = key(C.REGION_COUNT)
 K_MEASURED, K_ESTIMATED = key(C.MEASURED), key(C.ESTIMATED)
-K_BOUNDED_BY, K_AI = key(C.BOUNDED_BY), key(C.ARTIFICIAL_INTELLIGENCE)
+K_AI = key(C.ARTIFICIAL_INTELLIGENCE)
 K_ORIGINAL_SOURCE = key(C.ORIGINAL_SOURCE)
 K_QUALITATIVE = key(C.QUALITATIVE_EVALUATIONS)
+K_REGION_COUNT = key(C.REGION_COUNT)
 K_NOT_COMPUTED, K_NOTE, K_TABLE_MOVE = key(C.NOT_COMPUTED), key(C.NOTE), key(C.TABLE_MOVE)
 K_GEOMETRY_LEVEL, K_ISOCENTER_SOURCE = key(C.GEOMETRY_LEVEL), key(C.ISOCENTER_SOURCE)
 
@@ -224,7 +244,7 @@ def _template(tid: str) -> bytes:
                                            (T_TEMPLATE_ID, element(T_TEMPLATE_ID, b"CS", ascii_value(tid)))])])
 
 
-_TEMPLATES = {tid: _template(tid) for tid in ("1500", "1501", "1410")}
+_TEMPLATES = {tid: _template(tid) for tid in ("1500", "1501")}
 
 
 class TreeWriter:
@@ -234,9 +254,10 @@ class TreeWriter:
         self.enc = Encoder(specific_character_set)
         self.charset = tuple(self.enc.encodings)
 
-    def _head(self, relationship: str | None, value_type: str, name: Key) -> list[tuple[int, bytes]]:
-        parts = [(T_VALUE_TYPE, _VT[value_type]),
-                 (T_CONCEPT_NAME, _code_sequence(T_CONCEPT_NAME, name, self.charset))]
+    def _head(self, relationship: str | None, value_type: str, name: Key | None) -> list[tuple[int, bytes]]:
+        parts = [(T_VALUE_TYPE, _VT[value_type])]
+        if name is not None:
+            parts.append((T_CONCEPT_NAME, _code_sequence(T_CONCEPT_NAME, name, self.charset)))
         if relationship is not None:
             parts.append((T_RELATIONSHIP, _REL[relationship]))
         return parts
@@ -295,20 +316,21 @@ class TreeWriter:
             parts.append((T_CONTENT_SEQ, sequence(T_CONTENT_SEQ, children)))
         return item(parts)
 
-    def scoord(self, graphic_type: str, points: np.ndarray, children: Sequence[bytes]) -> bytes:
-        """SCOORD "Image Region" (pixel coordinates, (column, row) pairs), FL graphic data."""
-        parts = self._head("CONTAINS", "SCOORD", N_IMAGE_REGION)
+    def scoord(self, relationship: str, graphic_type: str, points: np.ndarray, children: Sequence[bytes]) -> bytes:
+        """SCOORD without a concept name (TID 320; pixel coordinates, (column, row) pairs), FL graphic data."""
+        parts = self._head(relationship, "SCOORD", None)
         parts.append((T_GRAPHIC_DATA, element(T_GRAPHIC_DATA, b"FL", _float32(points))))
         parts.append((T_GRAPHIC_TYPE, element(T_GRAPHIC_TYPE, b"CS", ascii_value(graphic_type))))
         parts.append((T_CONTENT_SEQ, sequence(T_CONTENT_SEQ, children)))
         return item(parts)
 
-    def scoord3d(self, graphic_type: str, points: np.ndarray, frame_of_reference_uid: str) -> bytes:
-        """SCOORD3D "Image Region" (LPS mm, (x, y, z) triplets) in ``frame_of_reference_uid``; a POLYGON must be
-        planar (highdicom's check and message)."""
+    def scoord3d(self, relationship: str, graphic_type: str, points: np.ndarray,
+                 frame_of_reference_uid: str) -> bytes:
+        """SCOORD3D without a concept name (TID 320; LPS mm, (x, y, z) triplets) in ``frame_of_reference_uid``;
+        a POLYGON must be planar (highdicom's check and message)."""
         if graphic_type == "POLYGON" and not are_points_coplanar(points):
             raise ValueError(f'Graphic data of a 3D scoord of type "{graphic_type}" must contain co-planar points.')
-        parts = self._head("CONTAINS", "SCOORD3D", N_IMAGE_REGION)
+        parts = self._head(relationship, "SCOORD3D", None)
         parts.append((T_GRAPHIC_DATA, element(T_GRAPHIC_DATA, b"FL", _float32(points))))
         parts.append((T_GRAPHIC_TYPE, element(T_GRAPHIC_TYPE, b"CS", ascii_value(graphic_type))))
         parts.append((T_FRAME_OF_REFERENCE, element(T_FRAME_OF_REFERENCE, b"UI",
@@ -326,17 +348,16 @@ def _float32(points: np.ndarray) -> bytes:
 
 # ------------------------------------------------------------------------------------------------ the tree
 
-
-def _measurement(w: TreeWriter, name: Key, unit: str, value: float, estimated: bool | None) -> bytes:
-    children = []
-    if estimated is not None:
-        children.append(w.code("HAS CONCEPT MOD", N_MEASUREMENT_METHOD, K_ESTIMATED if estimated else K_MEASURED))
-    return w.num("CONTAINS", name, float(value), K_UNIT[unit], children)
-
-
-def _quantity(w: TreeWriter, q: Quantity) -> bytes:
-    spec = checked_spec(q)
-    return _measurement(w, K_SPEC[q.kind][0], spec.unit, q.value, q.estimated)
+# Order of a region's measurements: a viewer labels the region with its first few (OHIF shows five lines: the
+# Comment, then these), so the centring figures and the area lead; the rest follow in this order.
+DISPLAY_ORDER: tuple[QuantityKind, ...] = (
+    QuantityKind.ISO_OFFSET_LATERAL, QuantityKind.ISO_OFFSET_VERTICAL, QuantityKind.ELLIPSE_AREA,
+    QuantityKind.BOX_WIDTH, QuantityKind.BOX_HEIGHT, QuantityKind.WATER_EQUIVALENT_DIAMETER,
+    QuantityKind.EFFECTIVE_DIAMETER, QuantityKind.SSDE_FACTOR, QuantityKind.SSDE, QuantityKind.DLP,
+    QuantityKind.DAP_SHARE, QuantityKind.DAP_FRACTION, QuantityKind.CENTER_X, QuantityKind.CENTER_Y,
+    QuantityKind.CENTER_Z, QuantityKind.DIAPHRAGM_Z, QuantityKind.CONFIDENCE,
+)
+_RANK = {k: i for i, k in enumerate(DISPLAY_ORDER)}
 
 
 def _algorithm(w: TreeWriter, ctx: ResultContext) -> list[bytes]:
@@ -353,12 +374,13 @@ def _algorithm(w: TreeWriter, ctx: ResultContext) -> list[bytes]:
 
 
 def _library(w: TreeWriter, header: SourceHeader) -> bytes:
-    """TID 1600 Image Library with one entry; same items as ``sr_writer.sr._library``."""
+    """TID 1600 Image Library with one entry (TID 1601/1602 plus the TID 1603/1604 items the header supports),
+    so that CR/DX without orientation or spacing still get a valid entry."""
     ds = header.dataset
     rel = "HAS ACQ CONTEXT"
     modality = str(ds.Modality)
-    items = [w.code(rel, N_MODALITY, (modality, "DCM", _MODALITY_MEANING.get(modality, modality), None))]
-    if "FrameOfReferenceUID" in ds:
+    items = [w.code(rel, N_MODALITY, (modality, "DCM", MODALITY_MEANING.get(modality, modality), None))]
+    if ds.get("FrameOfReferenceUID"):
         items.append(w.uidref(rel, N_FRAME_OF_REFERENCE, ds.FrameOfReferenceUID))
     px, mm = K_UNIT["{pixels}"], K_UNIT["mm"]
     items.append(w.num(rel, N_ROWS, int(ds.Rows), px))
@@ -386,78 +408,105 @@ def _library(w: TreeWriter, header: SourceHeader) -> bytes:
     return w.container("CONTAINS", N_IMAGE_LIBRARY, [group])
 
 
+def no_mm_reason(measurements: ImageMeasurements | None) -> str:
+    if measurements is None:
+        return "no measurements supplied"
+    if measurements.geometry_level == GeometryLevel.PIXELS:
+        return "no pixel spacing in the source"
+    return "not computed"
+
+
+def image_quantity_host(detections: Sequence[Detection]) -> int | None:
+    """Index of the region whose group carries the image-level quantities: CHEST, else ABDOMEN, else the first."""
+    if not detections:
+        return None
+    labels = [d.label.upper() for d in detections]
+    for wanted in ("CHEST", "ABDOMEN"):
+        if wanted in labels:
+            return labels.index(wanted)
+    return 0
+
+
+def _note(w: TreeWriter, name: Key, text: str) -> bytes:
+    return w.text("CONTAINS", name, text[:TEXT_MAX])
+
+
 def _groups(w: TreeWriter, header: SourceHeader, detections: Sequence[Detection],
             measurements: ImageMeasurements | None, ctx: ResultContext, *, with_3d: bool,
-            scoord_image_name: Key) -> list[bytes]:
-    """Image-level group plus per-region groups; the decisions of ``sr_writer.sr.build_groups``."""
+            scoord_image_name: Key) -> tuple[list[bytes], list[tuple[Key, str]]]:
+    """One TID 1501 group per region (see the module docstring) and the image-level notes the groups add."""
     ds = header.dataset
     algo = _algorithm(w, ctx)
     source_uid = str(ds.SOPInstanceUID)
     sop_class = str(ds.SOPClassUID)
     regions = region_pairs(detections, measurements)
-    groups: list[bytes] = []
+    names = display_names(detections)
+    host = image_quantity_host(detections)
     image_quantities = list(measurements.image_quantities) if measurements is not None else []
-    if not regions or image_quantities:
-        children = [w.text("HAS OBS CONTEXT", N_TRACKING_ID, "image"),
-                    w.uidref("HAS OBS CONTEXT", N_TRACKING_UID,
-                             derived_uid("tracking-image", source_uid, ctx.model.version)),
-                    *algo,
-                    _measurement(w, K_REGION_COUNT, "1", float(len(detections)), None),
-                    *[_quantity(w, q) for q in image_quantities],
-                    w.image("CONTAINS", N_SOURCE_OF_MEASUREMENT, sop_class, source_uid)]
-        groups.append(w.container("CONTAINS", N_MEASUREMENT_GROUP, children, template="1501"))
-
-    no_mm_reason = _no_mm_reason(measurements)
+    for_uid = str(ds.get("FrameOfReferenceUID") or "")
+    extra_notes: list[tuple[Key, str]] = []
+    if with_3d and not for_uid and any(r.polygon_lps_mm is not None for r in regions):
+        extra_notes.append((K_NOT_COMPUTED, "region boxes in the patient frame (SCOORD3D): the source has no "
+                                            "Frame of Reference UID; boxes are given in pixels only"))
+    reason = no_mm_reason(measurements)
     position = str(ds.get("PatientPosition", "") or "")
     confidence_name, confidence_unit = K_SPEC[QuantityKind.CONFIDENCE]
-    for index, region in enumerate(regions, start=1):
+    groups: list[bytes] = []
+    for index, (region, name) in enumerate(zip(regions, names, strict=True), start=1):
         det = region.detection
         ident, uid = tracking(source_uid, ctx, index, det.label)
         site = key(det.concept)
-        head = [w.text("HAS OBS CONTEXT", N_TRACKING_ID, ident),
+        head = [w.text("HAS OBS CONTEXT", N_TRACKING_ID, TRACKING_PREFIX + ident),
                 w.uidref("HAS OBS CONTEXT", N_TRACKING_UID, uid),
                 w.code("CONTAINS", N_FINDING_CATEGORY, V_ANATOMICAL_STRUCTURE),
                 w.code("CONTAINS", N_FINDING, site),
                 w.code("HAS CONCEPT MOD", N_FINDING_SITE, site),
-                *algo]
-        ms: list[bytes] = []
-        kinds = {q.kind for q in region.quantities}
+                *algo,
+                w.text("CONTAINS", N_COMMENT, name)]
+        quantities = list(region.quantities)
+        if index - 1 == host:
+            quantities += image_quantities
+        kinds = {q.kind for q in quantities}
+        # (name, unit, value, estimated) in display order
+        values: list[tuple[Key, str, float, bool | None]] = [
+            (K_SPEC[q.kind][0], checked_spec(q).unit, q.value, q.estimated)
+            for q in sorted(quantities, key=lambda q: _RANK.get(q.kind, len(_RANK)))]
         if QuantityKind.CONFIDENCE not in kinds:
-            ms.append(_measurement(w, confidence_name, confidence_unit, round(det.score * 100.0, 4), False))
-        ms += [_quantity(w, q) for q in region.quantities]
+            values.append((confidence_name, confidence_unit, round(det.score * 100.0, 4), False))
         notes: list[bytes] = []
         if QuantityKind.BOX_WIDTH not in kinds:
-            ms.append(_measurement(w, K_PIXEL_WIDTH, "{pixels}", det.box.width, False))
-            ms.append(_measurement(w, K_PIXEL_HEIGHT, "{pixels}", det.box.height, False))
-            notes.append(_note(w, K_NOT_COMPUTED, f"box size in mm: {no_mm_reason}; size given in pixels"))
-        for kind, reason in region.unavailable:
-            notes.append(_note(w, K_NOT_COMPUTED, f"{kind.value}: {reason}"))
-        for q in region.quantities:
+            values.append((K_PIXEL_WIDTH, "{pixels}", det.box.width, False))
+            values.append((K_PIXEL_HEIGHT, "{pixels}", det.box.height, False))
+            notes.append(_note(w, K_NOT_COMPUTED, f"box size in mm: {reason}; size given in pixels"))
+        for kind, why in region.unavailable:
+            notes.append(_note(w, K_NOT_COMPUTED, f"{kind.value}: {why}"))
+        for q in quantities:
             if q.method:
                 notes.append(_note(w, K_NOTE, f"{q.kind.value}: {q.method}"))
         move = table_move_text(region, position)
         if move:
             notes.append(_note(w, K_TABLE_MOVE, move))
-        purpose = w.code("CONTAINS", N_GEOMETRIC_PURPOSE, K_BOUNDED_BY)
-        x0, y0, x1, y1 = det.box.as_tuple()
-        polyline = np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1], [x0, y0]], dtype=float)
-        roi = w.scoord("POLYLINE", polyline, [w.image("SELECTED FROM", scoord_image_name, sop_class, source_uid)])
-        groups.append(w.container("CONTAINS", N_MEASUREMENT_GROUP, [*head, *ms, *notes, purpose, roi],
-                                  template="1410"))
-        if with_3d and region.polygon_lps_mm is not None:
-            for_uid = ds.get("FrameOfReferenceUID")
-            if not for_uid:
-                raise ValueError("region has a patient-frame polygon but the source has no FrameOfReferenceUID")
+
+        image_ref = w.image("SELECTED FROM", scoord_image_name, sop_class, source_uid)
+        box_2d = w.scoord("INFERRED FROM", "POLYLINE", closed_polyline(det.box), [image_ref])
+        box_3d = None
+        if with_3d and for_uid and region.polygon_lps_mm is not None:
             pts = np.asarray(region.polygon_lps_mm, dtype=float)
             if pts.shape != (4, 3):
                 raise ValueError(f"polygon_lps_mm must have 4 (x, y, z) points, got shape {pts.shape}")
-            roi3d = w.scoord3d("POLYGON", np.vstack([pts, pts[:1]]), for_uid)
-            groups.append(w.container("CONTAINS", N_MEASUREMENT_GROUP, [*head, purpose, roi3d], template="1410"))
-    return groups
-
-
-def _note(w: TreeWriter, name: Key, text: str) -> bytes:
-    return w.text("CONTAINS", name, text[:TEXT_MAX])
+            box_3d = w.scoord3d("INFERRED FROM", "POLYLINE", np.vstack([pts, pts[:1]]), for_uid)
+        nums = []
+        for i, (name_key, unit, value, estimated) in enumerate(values):
+            children = []
+            if estimated is not None:
+                children.append(w.code("HAS CONCEPT MOD", N_MEASUREMENT_METHOD,
+                                       K_ESTIMATED if estimated else K_MEASURED))
+            # one TID 320 coordinate each: the first measurement is inferred from the box on the image (viewers
+            # take the region from it), the others from the same box in the patient frame when there is one
+            children.append(box_3d if box_3d is not None and i > 0 else box_2d)
+            nums.append(w.num("CONTAINS", name_key, float(value), K_UNIT[unit], children))
+        groups.append(w.container("CONTAINS", N_MEASUREMENT_GROUP, [*head, *nums, *notes], template="1501"))
+    return groups, extra_notes
 
 
 def content_sequence(
@@ -471,14 +520,18 @@ def content_sequence(
 ) -> bytes:
     """Value of the root's Content Sequence (0040,A730): the items of the TID 1500 report, encoded.
 
-    ``with_3d``: Comprehensive 3D SR (SCOORD3D groups, SCOORD images named "Source"); False gives the plain
-    Comprehensive SR form (no SCOORD3D groups, SCOORD images named "Original Source").
+    ``with_3d``: Comprehensive 3D SR (SCOORD3D twins, SCOORD images named "Source"); False gives the plain
+    Comprehensive SR form (no SCOORD3D, SCOORD images named "Original Source").
     """
     ds = header.dataset
     w = TreeWriter(ds.get("SpecificCharacterSet"))
     scoord_image_name = N_SOURCE if with_3d else K_ORIGINAL_SOURCE
-    groups = _groups(w, header, detections, measurements, ctx, with_3d=with_3d,
-                     scoord_image_name=scoord_image_name)
+    groups, group_notes = _groups(w, header, detections, measurements, ctx, with_3d=with_3d,
+                                  scoord_image_name=scoord_image_name)
+    count = len(detections)
+    all_notes = [(K_REGION_COUNT, f"{count} region{'s' if count != 1 else ''} found by {ctx.model.name} "
+                                  f"{ctx.model.version}"),
+                 *[(key(name), text) for name, text in notes], *group_notes]
     items = [
         w.code("HAS CONCEPT MOD", N_LANGUAGE, V_ENGLISH_US),
         w.code("HAS OBS CONTEXT", N_OBSERVER_TYPE, V_DEVICE),
@@ -488,9 +541,9 @@ def content_sequence(
         w.text("HAS OBS CONTEXT", N_DEVICE_MODEL, ctx.manufacturer_model_name),
         w.code("HAS CONCEPT MOD", N_PROCEDURE, key(C.procedure_for(header.modality))),
         _library(w, header),
-        w.container("CONTAINS", N_IMAGING_MEASUREMENTS, groups),
     ]
-    if notes:
-        items.append(w.container("CONTAINS", K_QUALITATIVE,
-                                 [w.text("CONTAINS", key(name), text[:TEXT_MAX]) for name, text in notes]))
+    if groups:  # TID 1500 needs one of Imaging Measurements / Qualitative Evaluations; an empty group list has no
+        items.append(w.container("CONTAINS", N_IMAGING_MEASUREMENTS, groups))  # container (viewers expect ROIs)
+    items.append(w.container("CONTAINS", K_QUALITATIVE,
+                             [w.text("CONTAINS", k, text[:TEXT_MAX]) for k, text in all_notes]))
     return b"".join(items)
