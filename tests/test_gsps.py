@@ -10,7 +10,7 @@ import pydicom
 import pytest
 
 from sr_writer import write_gsps
-from sr_writer.sr import tracking
+from sr_writer.regions import tracking
 from tests.conftest import require_tool
 from tests.test_sr import LOCALIZER, ctx, hand_measurements, labelled_detections, roundtrip
 from tests.validators import dciodvfy, dcmpschk
