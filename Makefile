@@ -6,11 +6,16 @@ PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # A CPU build of torch is used for training, export and the torch backend; pin it so pip never pulls CUDA wheels.
 TORCH_SPEC ?= torch==2.13.0
-DEB_PACKAGES := dcmtk orthanc dicom3tools pixelmed-apps
-DEB_TOOLS := storescu echoscu storescp dsrdump dcmpschk dcmdjpeg dciodvfy DicomSRValidator
+DEB_PACKAGES := dcmtk orthanc orthanc-dicomweb dicom3tools pixelmed-apps chromium
+DEB_TOOLS := storescu echoscu storescp dsrdump dcmpschk dcmdjpeg dciodvfy DicomSRValidator chromium
+# Real-viewer tests (tests/test_viewer_ohif.py): the prebuilt OHIF app from npm, its integrity pinned, and the Node
+# packages of tests/viewer/package-lock.json (playwright-core, @cornerstonejs/adapters), cached under build/viewer.
+VIEWER := build/viewer
+OHIF_VERSION := 3.13.2
+OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
 PYTEST_ARGS ?=
 
-.PHONY: venv deps test test-fast lint demo bench bench-gpu train clean
+.PHONY: venv deps viewer-deps test test-fast lint demo bench bench-gpu train clean
 
 venv: $(VENV)/.stamp
 
@@ -25,18 +30,34 @@ $(VENV)/.stamp: pyproject.toml
 deps:
 	@missing=""; for t in $(DEB_TOOLS); do command -v $$t >/dev/null || missing="$$missing $$t"; done; \
 	[ -x /usr/sbin/Orthanc ] || command -v Orthanc >/dev/null || missing="$$missing Orthanc"; \
+	[ -f /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || missing="$$missing orthanc-dicomweb"; \
+	command -v node >/dev/null && command -v npm >/dev/null || missing="$$missing node"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then \
 	    echo "installing Debian packages ($$missing missing): $(DEB_PACKAGES)"; \
 	    DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null; \
+	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(DEB_PACKAGES) >/dev/null && \
+	    { command -v node >/dev/null && command -v npm >/dev/null || \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm >/dev/null; }; \
 	  else \
 	    echo "Missing peer tools:$$missing"; \
 	    echo "Run:  sudo apt-get install -y $(DEB_PACKAGES)"; exit 1; \
 	  fi; \
 	fi
 
-test: deps venv
+viewer-deps: $(VIEWER)/.stamp
+
+$(VIEWER)/.stamp: tests/viewer/package.json tests/viewer/package-lock.json
+	rm -rf $(VIEWER) && mkdir -p $(VIEWER)/ohif
+	cp tests/viewer/package.json tests/viewer/package-lock.json $(VIEWER)/
+	cd $(VIEWER) && npm ci --no-audit --no-fund --ignore-scripts --loglevel=error
+	cd $(VIEWER) && npm pack --silent @ohif/app@$(OHIF_VERSION) >/dev/null
+	$(PYTHON) -c "import base64,hashlib,sys; d=open(sys.argv[1],'rb').read(); got='sha512-'+base64.b64encode(hashlib.sha512(d).digest()).decode(); sys.exit(0 if got==sys.argv[2] else 'OHIF package integrity mismatch: '+got)" $(VIEWER)/ohif-app-$(OHIF_VERSION).tgz "$(OHIF_INTEGRITY)"
+	tar xzf $(VIEWER)/ohif-app-$(OHIF_VERSION).tgz -C $(VIEWER)/ohif --strip-components=2 package/dist
+	rm $(VIEWER)/ohif-app-$(OHIF_VERSION).tgz
+	touch $@
+
+test: deps venv viewer-deps
 	$(PY) -m ruff check dicom_node inference sr_writer tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 

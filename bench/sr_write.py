@@ -3,8 +3,8 @@
 Source: the real Philips localizer (716 x 512) from ../shared/realdata with its four hand-labelled regions plus a
 HEAD box, measurements from its header geometry (tests/test_sr.py ``hand_measurements``). Pixels are decoded once
 (the pipeline has them already). Timed: ``write_results`` (build the three datasets) and, separately, build plus
-encoding to bytes (what the spool stores), for the default builders and, as "before", ``reference=True`` (SR and
-GSPS built entirely from highdicom objects, as before the fast path). ``--png DIR`` also writes the annotated secondary captures of
+encoding to bytes (what the spool stores), for the default builders and, as "before", ``reference=True`` (GSPS
+built entirely from highdicom objects; the SR has one builder, the directly encoded tree of sr_writer.sr_content). ``--png DIR`` also writes the annotated secondary captures of
 this localizer and of a simulated one as PNG files (docs/sc_real.png, docs/sc_simulated.png).
 """
 
@@ -115,7 +115,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="bench.sr_write", description=__doc__.splitlines()[0])
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--no-reference", action="store_true",
-                        help="skip the 'before' figures (write_results(reference=True): all-highdicom builders)")
+                        help="skip the 'before' figures (write_results(reference=True): all-highdicom GSPS)")
     parser.add_argument("--png", type=Path, default=None, help="also write the SC PNGs into this directory")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore", category=UserWarning)

@@ -30,6 +30,7 @@ from dicom_node.netutil import free_port
 from tests.conftest import require_tool
 
 ORTHANC_AET = "ORTHANC"
+DICOMWEB_PLUGIN = "/usr/share/orthanc/plugins/libOrthancDicomWeb.so"  # Debian package orthanc-dicomweb
 
 _LUA = """
 function OnStoredInstance(instanceId, tags, metadata, origin)
@@ -47,7 +48,8 @@ class OrthancError(RuntimeError):
 class Orthanc:
     """One Orthanc process (restartable on the same ports) and its REST API."""
 
-    def __init__(self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None) -> None:
+    def __init__(self, workdir: Path, modalities: dict[str, tuple[str, str, int]] | None = None,
+                 dicomweb: bool = False) -> None:
         self.binary = require_tool("Orthanc")
         self.workdir = workdir
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -60,6 +62,7 @@ class Orthanc:
         self.log_file = workdir / "orthanc.log"
         self.proc: subprocess.Popen[bytes] | None = None
         self.rejecting = False
+        self.dicomweb = dicomweb  # load Debian's orthanc-dicomweb plugin (DICOMweb root /dicom-web/)
 
     # ---- process control -------------------------------------------------------------------------------------
     def _config(self, reject: bool) -> dict[str, Any]:
@@ -82,12 +85,15 @@ class Orthanc:
             "DicomModalities": {} if reject else {k: list(v) for k, v in self.modalities.items()},
             "OverwriteInstances": True,  # a re-delivery is stored again (and counted by the Lua log)
             "LuaScripts": [str(lua)],
-            "Plugins": [],
+            "Plugins": [DICOMWEB_PLUGIN] if self.dicomweb else [],
             "SaveJobs": False,
             "StableAge": 1,
             "ConcurrentJobs": 1,
             "UnknownSopClassAccepted": True,
         }
+        if self.dicomweb:
+            cfg["DicomWeb"] = {"Enable": True, "Root": "/dicom-web/", "EnableWado": True, "Ssl": False,
+                               "StudiesMetadata": "Full", "SeriesMetadata": "Full"}
         if os.environ.get("DICOM_NODE_TEST_ORTHANC_BIND"):  # pragma: no cover - debugging aid
             cfg["RemoteAccessAllowed"] = True
         return cfg
@@ -170,6 +176,16 @@ class Orthanc:
 
     def post(self, path: str, body: Any) -> Any:
         return self._request("POST", path, body)
+
+    def upload(self, data: bytes) -> str:
+        """Store one DICOM file through the REST API; Orthanc's instance identifier."""
+        req = urllib.request.Request(self.url + "/instances", data=data, method="POST",
+                                     headers={"Content-Type": "application/dicom"})
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                return str(json.loads(resp.read())["ID"])
+        except urllib.error.HTTPError as exc:
+            raise OrthancError(f"POST /instances: HTTP {exc.code} {exc.read()[:300]!r}") from exc
 
     def instances(self) -> list[str]:
         """Orthanc identifiers of every stored instance."""
