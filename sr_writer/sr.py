@@ -194,6 +194,10 @@ def read_sr(ds: Dataset) -> list[ReadRegion]:
     if not isinstance(report, hd.sr.MeasurementReport):
         raise ValueError("SR content is not a TID 1500 Measurement Report")
     regions: list[ReadRegion] = []
+    imaging = [i for i in ds.ContentSequence if i.ValueType == "CONTAINER"
+               and i.ConceptNameCodeSequence[0].CodeValue == "126010"]
+    if not imaging or "ContentSequence" not in imaging[0]:  # nothing detected: the container is empty
+        return regions
     for group in report.get_image_measurement_groups():
         ident = str(group.tracking_identifier or "")
         ident = ident[len(TRACKING_PREFIX):] if ident.startswith(TRACKING_PREFIX) else ident

@@ -3,7 +3,7 @@
 Tree (docs/RESULTS.md explains each choice, with what OHIF, the cornerstone adapters and the validators need):
 
 * Root (TID 1500): language, device observer (Device UID of the model), procedure reported, image library
-  (TID 1600, one entry: the source image with its geometry), Imaging Measurements when a region was found, and a
+  (TID 1600, one entry: the source image with its geometry), Imaging Measurements (empty when nothing was found), a
   Qualitative Evaluations container with TEXT notes (number of regions, geometry level, isocenter source, what could
   not be computed and why).
 * Imaging Measurements: one TID 1501 measurement group per region, with nothing else in the container (viewers
@@ -542,8 +542,9 @@ def content_sequence(
         w.code("HAS CONCEPT MOD", N_PROCEDURE, key(C.procedure_for(header.modality))),
         _library(w, header),
     ]
-    if groups:  # TID 1500 needs one of Imaging Measurements / Qualitative Evaluations; an empty group list has no
-        items.append(w.container("CONTAINS", N_IMAGING_MEASUREMENTS, groups))  # container (viewers expect ROIs)
+    # with no region the container stays, empty: readers look it up (the cornerstone adapters fail without it) and
+    # viewers find no group without coordinates in it
+    items.append(w.container("CONTAINS", N_IMAGING_MEASUREMENTS, groups))
     items.append(w.container("CONTAINS", K_QUALITATIVE,
                              [w.text("CONTAINS", k, text[:TEXT_MAX]) for k, text in all_notes]))
     return b"".join(items)

@@ -357,10 +357,10 @@ def _code(item: Dataset) -> str:
 
 def assert_viewer_shape(sr: Dataset, detections) -> None:
     imaging = [i for i in sr.ContentSequence if _code(i) == "126010"]
-    if not detections:
-        assert imaging == []  # no group without coordinates
-        return
     (container,) = imaging
+    if not detections:
+        assert "ContentSequence" not in container  # empty: no group without coordinates
+        return
     groups = list(container.ContentSequence)
     assert len(groups) == len(detections)
     idents = set()
