@@ -89,6 +89,8 @@ def is_unavailable(exc: BaseException) -> bool:
         return False
     if isinstance(exc, InferenceServerException):
         status = str(exc.status() or "")
+        if "restricted" in str(exc.message() or ""):  # Triton's restricted API answers UNAVAILABLE: a missing key
+            return False
         return status in _UNAVAILABLE_GRPC or status in _UNAVAILABLE_HTTP
     return False
 

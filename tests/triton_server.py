@@ -129,6 +129,7 @@ class TritonServer:
     http_port: int = field(default_factory=_free_port)
     grpc_port: int = field(default_factory=_free_port)
     metrics_port: int = field(default_factory=_free_port)
+    extra_args: tuple[str, ...] = ()
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -147,6 +148,7 @@ class TritonServer:
             f"--grpc-port={self.grpc_port}", "--metrics-address=127.0.0.1", f"--metrics-port={self.metrics_port}",
             "--exit-on-error=true", "--strict-readiness=true", "--exit-timeout-secs=3", "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0", "--disable-auto-complete-config", "--metrics-interval-ms=500",
+            *self.extra_args,
         ]  # fmt: skip
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.install.env(),
