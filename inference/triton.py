@@ -183,15 +183,18 @@ class TritonBackend(Backend):
         return client
 
     def _drop_client(self, server: _Server) -> None:
-        """Forget a client after a failure (a killed server leaves HTTP keep-alive sockets dead)."""
+        """Forget a client after a failure: a killed server leaves HTTP keep-alive sockets dead, and a gRPC channel
+        that failed backs off its reconnects (up to minutes); the next attempt opens a fresh one."""
         if server.protocol == "http":
-            clients = getattr(self._local, "clients", {}) or {}
-            client = clients.pop(server.url, None)
-            if client is not None:
-                try:
-                    client.close()
-                except Exception:  # noqa: BLE001 - closing a broken client
-                    pass
+            client = (getattr(self._local, "clients", {}) or {}).pop(server.url, None)
+        else:
+            with self._lock:
+                client = self._grpc.pop(server.url, None)
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - closing a broken client
+                pass
 
     # ---- model checks (first contact with each server)
 
