@@ -10,7 +10,7 @@ DEB_PACKAGES := dcmtk orthanc dicom3tools pixelmed-apps
 DEB_TOOLS := storescu echoscu storescp dsrdump dcmpschk dcmdjpeg dciodvfy DicomSRValidator
 PYTEST_ARGS ?=
 
-.PHONY: venv deps test test-fast lint demo bench bench-gpu train clean
+.PHONY: venv deps triton-server test test-fast lint demo bench bench-gpu train clean
 
 venv: $(VENV)/.stamp
 
@@ -18,7 +18,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test,train]"
+	$(PIP) install -q -e ".[test,train,triton]"
 	touch $@
 
 # Debian peers used by the tests and benchmarks. Installed when run as root; otherwise the one command is printed.
@@ -36,7 +36,12 @@ deps:
 	  fi; \
 	fi
 
-test: deps venv
+# A real tritonserver for the Triton tests and bench/triton.py: nvidia-pytriton's bundled Triton 2.51 in its own
+# small venv (numpy<2 for its python backend stub) under build/triton, built once (tests/triton_server.py).
+triton-server: venv
+	$(PY) -m tests.triton_server prepare
+
+test: deps venv triton-server
 	$(PY) -m ruff check dicom_node inference sr_writer tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -49,7 +54,7 @@ lint: venv
 demo: venv
 	$(VENV)/bin/dicom-node demo
 
-bench: deps venv
+bench: deps venv triton-server
 	$(PY) -m bench.run_all
 
 # All GPU checks and timings in one call, for a machine with an NVIDIA GPU and TensorRT.
