@@ -182,6 +182,23 @@ def test_unreachable_without_fallback_is_transient_after_retry_for(card) -> None
     det.close()
 
 
+def test_infer_cli_through_triton(triton: TritonServer, tmp_path: Path, scouts, local, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from dicom_node.cli import main
+
+    scout = tmp_path / "scout.dcm"
+    scouts[0].save_as(scout, enforce_file_format=True)
+    headers = ", ".join(f"{k}: {v}" for k, v in HEADERS.items())
+    cfg = node_yaml(tmp_path, f"[{triton.grpc_url}]", extra=f"      headers: {{{headers}}}\n")
+    assert main(["infer", str(scout), "--config", str(cfg), "--json", "--no-measure"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["backend"].startswith(f"triton model regions on {triton.grpc_url}")
+    want = local.detect(scouts[0])
+    assert [d["label"] for d in result["detections"]] == [d.label for d in want]
+    assert result["detections"][0]["box_px"] == pytest.approx(list(want[0].box.as_tuple()), abs=1e-3)
+
+
 def test_server_exporting_other_weights_is_refused(triton: TritonServer, card) -> None:  # type: ignore[no-untyped-def]
     backend = TritonBackend(card, TritonSpec((triton.http_url,), "regions_other", headers=HEADERS))
     with pytest.raises(BackendError, match="serves weights 0000"):
