@@ -211,7 +211,7 @@ def machine() -> dict[str, Any]:
         pass
     return {"cpu": cpu or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
             "onnxruntime": onnxruntime.__version__, "triton": "2.51.0 (nvidia-pytriton 0.7.0, python backend)",
-            "gpu": "none"}  # fmt: skip
+            "gpu": "none", "load_average_1min_at_start": round(os.getloadavg()[0], 2)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -235,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                 result["throughput"] = throughput(tmp, server, files, args.scouts)
         finally:
             server.stop()
+    result["load_average_1min_at_end"] = round(os.getloadavg()[0], 2)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
     print(json.dumps(result["machine"]))
