@@ -152,12 +152,9 @@ class TritonBackend(Backend):
                 if client is None:
                     import tritonclient.grpc as grpcclient
 
-                    def read(path: str | None) -> str | None:
-                        return path  # tritonclient reads the files itself
-
-                    client = grpcclient.InferenceServerClient(
-                        server.address, ssl=server.tls, root_certificates=read(spec.ca_file),
-                        private_key=read(spec.key_file), certificate_chain=read(spec.cert_file),
+                    client = grpcclient.InferenceServerClient(  # it reads the PEM files itself
+                        server.address, ssl=server.tls, root_certificates=spec.ca_file,
+                        private_key=spec.key_file, certificate_chain=spec.cert_file,
                     )  # fmt: skip
                     self._grpc[server.url] = client
                 return client
@@ -287,16 +284,13 @@ class TritonBackend(Backend):
         finally:
             self._quick = False
 
-    def _order(self, now: float) -> list[_Server]:
-        up = [s for s in self.servers if s.down_until <= now]
-        return up
-
     def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
         spec = self.spec
         deadline = time.monotonic() + (0.0 if self._quick or self._fallback_factory else spec.retry_for_s)
         errors: list[str] = []
         while True:
-            for server in self._order(time.monotonic()):
+            now = time.monotonic()
+            for server in [s for s in self.servers if s.down_until <= now]:  # in the configured order
                 try:
                     out = self._infer(server, batch)
                 except BackendError:

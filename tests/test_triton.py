@@ -71,6 +71,12 @@ def repository(tmp_path_factory: pytest.TempPathFactory, card) -> Path:  # type:
     other = export_model(card, "regions_other", "1", out, platform="python", threads=1)
     text = (other.directory / "config.pbtxt").read_text().replace(card.weights_sha256, "0" * 64)
     (other.directory / "config.pbtxt").write_text(text)
+    # a slow copy (each execution sleeps 3 s), to kill the server with requests in flight
+    slow = export_model(card, "regions_slow", "1", out, platform="python", threads=1, max_queue_delay_us=0)
+    code = (slow.directory / "1" / "model.py").read_text()
+    (slow.directory / "1" / "model.py").write_text(code.replace("    def execute(self, requests):\n",
+                                                                "    def execute(self, requests):\n"
+                                                                "        import time\n        time.sleep(3)\n"))
     return out
 
 
@@ -228,6 +234,40 @@ def test_dynamic_batching_merges_concurrent_requests(triton: TritonServer, card)
     text = triton.metrics()
     assert metric_sum(text, "nv_inference_count", "regions") == after["inference_count"]
     backend.close()
+
+
+def test_server_killed_with_requests_in_flight(repository: Path, tmp_path: Path, card, local) -> None:  # type: ignore[no-untyped-def]
+    """The three failure kinds of a dying server: HTTP and gRPC requests in flight when it is SIGKILLed (HTTP:
+    connection closed, gRPC: UNAVAILABLE), then connections refused; every one falls back to the local model."""
+    server = TritonServer(repository, tmp_path / "kill.log")
+    server.start()
+    x = np.zeros((1, 1, 160, 160), np.float32)
+    want = local.backend.run(x)
+    backends = {url: TritonBackend(card, TritonSpec((url,), "regions_slow", cooldown_s=0.0),
+                                   fallback_factory=lambda: local.backend)  # fmt: skip
+                for url in (server.http_url, server.grpc_url)}
+    results: dict[str, dict[str, np.ndarray]] = {}
+    threads = [threading.Thread(target=lambda u=u, b=b: results.__setitem__(u, b.run(x))) for u, b in backends.items()]
+    try:
+        for t in threads:
+            t.start()
+        time.sleep(1.5)  # both requests are inside the model's 3 s execute
+        server.kill()
+        for t in threads:
+            t.join(30)
+        for url, backend in backends.items():
+            assert backend.stats.server_failures == 1 and backend.stats.fallback_images == 1, url
+            assert np.array_equal(results[url]["det_boxes"], want["det_boxes"]), url
+            assert backend.stats.requests == 0
+        http, grpc = (backends[u].servers[0].last_error for u in (server.http_url, server.grpc_url))
+        assert "HTTPConnectionClosed" in http or "ConnectionResetError" in http, http
+        assert "UNAVAILABLE" in grpc, grpc
+        for url, backend in backends.items():  # now nothing listens: connection refused / UNAVAILABLE
+            backend.run(x)
+            assert backend.stats.server_failures == 2 and backend.stats.fallback_images == 2, url
+        assert "ConnectionRefusedError" in backends[server.http_url].servers[0].last_error
+    finally:
+        server.kill()
 
 
 def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
