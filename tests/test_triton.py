@@ -308,6 +308,70 @@ def test_grpc_over_tls(repository: Path, tmp_path: Path, card) -> None:  # type:
         server.stop()
 
 
+class TlsProxy:
+    """A TLS-terminating TCP proxy in front of Triton's HTTP port (Triton's HTTP endpoint has no TLS itself; sites
+    put one in front), so the https:// client path runs against a real TLS handshake."""
+
+    def __init__(self, target_port: int, cert: Path, key: Path) -> None:
+        import socket
+        import ssl
+
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.load_cert_chain(cert, key)
+        self.target = target_port
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+
+        while True:
+            try:
+                raw, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                conn = self.context.wrap_socket(raw, server_side=True)
+            except OSError:  # a client that does not trust us
+                raw.close()
+                continue
+            upstream = socket.create_connection(("127.0.0.1", self.target))
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_https_through_a_tls_proxy(triton: TritonServer, tmp_path: Path, card) -> None:  # type: ignore[no-untyped-def]
+    ca, crt, key = _tls_files(tmp_path)
+    proxy = TlsProxy(triton.http_port, crt, key)
+    try:
+        url = f"https://127.0.0.1:{proxy.port}"
+        backend = TritonBackend(card, TritonSpec((url,), "regions", ca_file=str(ca), headers=HEADERS))
+        assert backend.run(np.zeros((2, 1, 160, 160), np.float32))["det_scores"].shape[0] == 2
+        untrusted = TritonBackend(card, TritonSpec((url,), "regions", headers=HEADERS, retry_for_s=0))
+        with pytest.raises(TritonUnavailable):  # the default context verifies the server against system CAs
+            untrusted.run(np.zeros((1, 1, 160, 160), np.float32))
+    finally:
+        proxy.close()
+
+
 # ---- export-triton (no server needed) -------------------------------------------------------------------------
 
 
