@@ -26,6 +26,7 @@ from inference.engine import Detector
 from inference.modelcard import load_card
 from inference.triton import TritonBackend, TritonUnavailable, server_statistics
 from inference.triton_export import ExportError, export_model, export_repository
+from tests.node_process import wait_until
 from tests.triton_server import TritonServer, metric_sum
 
 pytestmark = pytest.mark.slow
@@ -225,14 +226,20 @@ def test_dynamic_batching_merges_concurrent_requests(triton: TritonServer, card)
         t.start()
     for t in threads:
         t.join()
-    after = server_statistics(triton.http_url, "regions", HEADERS)
-    requests = after["inference_count"] - before["inference_count"]
+    # Triton records a request's statistics after sending its response: poll until all 24 are counted
+    deadline = time.monotonic() + 10
+    while True:
+        after = server_statistics(triton.http_url, "regions", HEADERS)
+        requests = after["inference_count"] - before["inference_count"]
+        if requests >= 24 or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
     executions = after["execution_count"] - before["execution_count"]
     assert requests == 24
     assert executions < requests, f"Triton ran {executions} executions for {requests} requests: nothing merged"
     assert max(after["batch_sizes"]) > 1
-    text = triton.metrics()
-    assert metric_sum(text, "nv_inference_count", "regions") == after["inference_count"]
+    wait_until(lambda: metric_sum(triton.metrics(), "nv_inference_count", "regions") == after["inference_count"],
+               10, "Triton's Prometheus counter to match its statistics")  # fmt: skip
     backend.close()
 
 

@@ -159,7 +159,9 @@ def test_two_nodes_one_triton_batching_and_outage(setup, tmp_path: Path) -> None
     finish()
     for node in (a, b):
         wait_until(lambda n=node: counts(n)["done"] == PER_NODE_BATCHING, 120, f"{node.workdir.name} jobs done")
-    time.sleep(1.0)  # metrics are refreshed every 0.5 s (--metrics-interval-ms)
+    # Triton counts a request after sending its response: wait until every scout's request is counted
+    wait_until(lambda: metric_sum(triton.metrics(), "nv_inference_request_success", model) - req0
+               >= 2 * PER_NODE_BATCHING, 10, "Triton's request counter")  # fmt: skip
     after = triton.metrics()
     requests = metric_sum(after, "nv_inference_request_success", model) - req0
     executions = metric_sum(after, "nv_inference_exec_count", model) - exec0
@@ -192,7 +194,8 @@ def test_two_nodes_one_triton_batching_and_outage(setup, tmp_path: Path) -> None
     assert "local fallback" not in log_a
     assert "running on the local fallback" in log_b, "node B (fallback onnxruntime) fell back"
     assert "queued again" not in log_b
-    time.sleep(1.0)
+    wait_until(lambda: metric_sum(triton.metrics(), "nv_inference_request_success", model) >= 1, 10,
+               "the restarted Triton's request counter")  # fmt: skip
     served_after = metric_sum(triton.metrics(), "nv_inference_request_success", model)
     print(f"outage: killed after {killed_at} done; restarted Triton served {served_after:.0f} requests; "
           f"A requeues {log_a.count('queued again')}, B fallback lines {log_b.count('local fallback')}")
