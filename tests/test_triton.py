@@ -277,6 +277,40 @@ def test_server_killed_with_requests_in_flight(repository: Path, tmp_path: Path,
         server.kill()
 
 
+_SHM_MODEL = '''import sys
+import triton_python_backend_utils as pb_utils
+class TritonPythonModel:
+    def initialize(self, args):
+        from multiprocessing import shared_memory  # starts multiprocessing's resource tracker
+        m = shared_memory.SharedMemory(create=True, size=16)
+        m.close()
+        m.unlink()
+        pb_utils.Logger.log_info("stub python %s" % sys.version.split()[0])
+    def execute(self, requests):
+        return [pb_utils.InferenceResponse([pb_utils.Tensor("y", pb_utils.get_input_tensor_by_name(r, "x").as_numpy())])
+                for r in requests]
+'''
+
+
+def test_python_stub_runs_the_interpreter_it_was_built_for(tmp_path: Path) -> None:
+    """The '_thread.RLock' object has no attribute '_recursion_count' failure: a model that starts multiprocessing's
+    resource tracker fails when the stub loads another build's libpython; with the interpreter's LIBDIR first on
+    LD_LIBRARY_PATH (tests/triton_server.py) it loads, and the stub runs the server venv's Python version."""
+    import platform
+
+    (tmp_path / "repo" / "shm" / "1").mkdir(parents=True)
+    (tmp_path / "repo" / "shm" / "config.pbtxt").write_text(
+        'name: "shm"\nbackend: "python"\nmax_batch_size: 0\n'
+        'input [ { name: "x" data_type: TYPE_FP32 dims: [ 3 ] } ]\n'
+        'output [ { name: "y" data_type: TYPE_FP32 dims: [ 3 ] } ]\ninstance_group [ { count: 1 kind: KIND_CPU } ]\n'
+    )
+    (tmp_path / "repo" / "shm" / "1" / "model.py").write_text(_SHM_MODEL)
+    server = TritonServer(tmp_path / "repo", tmp_path / "shm.log")
+    server.start()
+    server.stop()
+    assert f"stub python {platform.python_version()}" in server.log(), server.log()[-2000:]
+
+
 def _tls_files(tmp: Path) -> tuple[Path, Path, Path]:
     openssl = shutil.which("openssl")
     if openssl is None:
