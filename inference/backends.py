@@ -76,6 +76,10 @@ class Backend(ABC):
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
 
+    def served_by(self) -> str:
+        """What ran the last ``run`` (a remote backend names the server, or its local fallback)."""
+        return self.name
+
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources (optional)."""
 

@@ -141,6 +141,7 @@ class TritonBackend(Backend):
         self._grpc: dict[str, Any] = {}
         self._quick = False
         self._outage_logged = False
+        self._served_by = ""
 
     # ---- clients
 
@@ -312,6 +313,7 @@ class TritonBackend(Backend):
                     self.stats.requests += 1
                     self.stats.images += len(batch)
                     self.stats.by_server[server.url] = self.stats.by_server.get(server.url, 0) + 1
+                self._served_by = f"triton {server.url}"
                 if self._outage_logged:
                     self._outage_logged = False
                     log.warning("triton model %s: served by %s again", spec.model, server.url)
@@ -342,9 +344,14 @@ class TritonBackend(Backend):
             log.warning("triton model %s: no server answers (%s); running on the local fallback %s",
                         self.spec.model, "; ".join(errors) or "servers in cooldown", fallback.name)  # fmt: skip
         out = fallback.run(batch)
+        self._served_by = f"fallback {fallback.name}"
         if self.output_names:
             return {n: out[n] for n in self.output_names if n in out} or out
         return out
+
+    def served_by(self) -> str:
+        """``triton <url>`` or ``fallback <backend>`` for the last run (a worker runs one job at a time)."""
+        return self._served_by or "triton"
 
     def describe(self) -> str:
         fb = self.spec.fallback

@@ -189,6 +189,10 @@ def test_two_nodes_one_triton_batching_and_outage(setup, tmp_path: Path) -> None
         assert len(jobs) == total and all(j.status == "done" for j in jobs), [(j.status, j.error) for j in jobs]
         assert all(j.summary.get("results") == ["sr"] for j in jobs)
         assert all(j.summary["regions"] for j in jobs), "every scout has its regions"
+    served = {n.workdir.name: [j.summary["models"][0]["backend"] for j in done_jobs(n)] for n in (a, b)}
+    assert all(s.startswith("triton grpc://") for s in served["nodea"]), served["nodea"]
+    assert any(s == "fallback onnxruntime-cpu" for s in served["nodeb"]), "node B ran jobs on its local fallback"
+    assert sum(s.startswith("triton http://") for s in served["nodeb"]) >= PER_NODE_BATCHING
     log_a, log_b = a.log(), b.log()
     assert "queued again after a transient failure" in log_a, "node A (fallback fail) retried jobs"
     assert "local fallback" not in log_a
