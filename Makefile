@@ -15,7 +15,7 @@ OHIF_VERSION := 3.13.2
 OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
 PYTEST_ARGS ?=
 
-.PHONY: venv deps viewer-deps test test-fast lint demo bench bench-gpu train clean
+.PHONY: venv deps viewer-deps triton-server test test-fast lint demo bench bench-gpu train clean
 
 venv: $(VENV)/.stamp
 
@@ -23,7 +23,7 @@ $(VENV)/.stamp: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[test,train]"
+	$(PIP) install -q -e ".[test,train,triton]"
 	touch $@
 
 # Debian peers used by the tests and benchmarks. Installed when run as root; otherwise the one command is printed.
@@ -57,7 +57,12 @@ $(VIEWER)/.stamp: tests/viewer/package.json tests/viewer/package-lock.json
 	rm $(VIEWER)/ohif-app-$(OHIF_VERSION).tgz
 	touch $@
 
-test: deps venv viewer-deps
+# A real tritonserver for the Triton tests and bench/triton.py: nvidia-pytriton's bundled Triton 2.51 in its own
+# small venv (numpy<2 for its python backend stub) under build/triton, built once (tests/triton_server.py).
+triton-server: venv
+	$(PY) -m tests.triton_server prepare
+
+test: deps venv viewer-deps triton-server
 	$(PY) -m ruff check dicom_node inference sr_writer tests bench
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
@@ -70,7 +75,7 @@ lint: venv
 demo: venv
 	$(VENV)/bin/dicom-node demo
 
-bench: deps venv
+bench: deps venv triton-server
 	$(PY) -m bench.run_all
 
 # All GPU checks and timings in one call, for a machine with an NVIDIA GPU and TensorRT.

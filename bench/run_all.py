@@ -11,7 +11,7 @@ import os
 import sys
 import time
 
-ORDER = ["receive", "geometry_accuracy", "engine", "sr_write", "e2e"]
+ORDER = ["receive", "geometry_accuracy", "engine", "sr_write", "e2e", "triton"]
 
 
 def main() -> int:

@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "measure": ("inference.measure_cli", "geometry and dose measurements of a DICOM file (from boxes)"),
     "infer": ("inference.infer_cli", "run a detector on a DICOM file"),
     "build-engines": ("inference.infer_cli", "pre-build TensorRT engines for every configured model"),
+    "export-triton": ("inference.triton_export", "write a Triton model repository from the configured model cards"),
     "evaluate": ("inference.training.evaluate", "score a model on a labelled dataset (mAP, AP50, RSNA)"),
     "train": ("inference.training.train", "train the reference region detector on simulated data"),
     "demo": ("dicom_node.demo", "end-to-end demo on embedded defaults"),

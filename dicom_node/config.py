@@ -265,7 +265,8 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 # Keep in step with inference.backends.BACKENDS (tests/test_config.py checks it).
-_BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu", "torch-cuda")
+_BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu", "torch-cuda",
+             "triton")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BAD = object()  # marker: the value was invalid (already reported)
 
@@ -490,7 +491,7 @@ _TIMEOUT_KEYS = [f.name for f in fields(Timeouts)]
 _RETRY_KEYS = [f.name for f in fields(RetryPolicy)]
 _RETENTION_KEYS = [f.name for f in fields(RetentionPolicy)]
 _DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu"]
-_MODEL_KEYS = ["card", "backend", "max_batch", "max_wait_ms", "options"]
+_MODEL_KEYS = ["card", "backend", "max_batch", "max_wait_ms", "options", "triton"]
 _ROUTE_KEYS = ["name", "match", "pipeline", "outputs", "destinations", "forward_original"]
 _PIPELINE_KEYS = ["name", "detectors", "options"]
 _DETECTOR_KEYS = [f.name for f in fields(DetectorSpec)]
@@ -759,9 +760,12 @@ def _build_models(v: _Validator, top: LocatedMap) -> dict[str, ModelSpec]:
         max_batch = v.value(body, "max_batch", path, d.max_batch, _to_int(1, 1024))
         max_wait = v.value(body, "max_wait_ms", path, d.max_wait_ms, _to_duration("ms", allow_zero=True))
         options = _options(v, body, path)
-        if _BAD in (card, backend, max_batch, max_wait):
+        from dicom_node.config_triton import build_triton  # the triton section, in its own module
+
+        triton = build_triton(v, body, path, name, backend)
+        if _BAD in (card, backend, max_batch, max_wait, triton):
             continue
-        out[name] = ModelSpec(name, card, backend, max_batch, max_wait, options, v.loc(body.line))
+        out[name] = ModelSpec(name, card, backend, max_batch, max_wait, options, v.loc(body.line), triton)
     # a model that is declared but invalid is still a known name (avoid cascades of "unknown model" errors)
     return out
 

@@ -108,16 +108,42 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class TritonSpec:
+    """Where a ``backend: triton`` model runs: a Triton Inference Server (KServe v2 over gRPC or HTTP).
+
+    ``servers``: URLs tried in order (``grpc://``, ``grpcs://`` (TLS), ``http://``, ``https://``); a server that
+    fails is skipped for ``cooldown_s``. ``fallback``: ``fail`` (the job is retried later) or a local backend
+    name (``onnxruntime``, ``auto``, ...) that runs the same card when no server answers. Preprocessing and the
+    inverse transforms stay in the node (inference.triton).
+    """
+
+    servers: tuple[str, ...]
+    model: str  # the model's name in the Triton repository
+    version: str = ""  # "" = the server's version policy (latest)
+    timeout_s: float = 10.0  # one inference request, network and queueing included
+    connect_timeout_s: float = 2.0
+    retry_for_s: float = 10.0  # fallback fail: keep trying the servers this long before the job is requeued
+    cooldown_s: float = 5.0
+    fallback: str = "fail"
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)  # sent with every request (e.g. authorization)
+    header_env: Mapping[str, str] = field(default_factory=dict)  # header -> environment variable with its value
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     """A configured model: its card (path to a YAML file, or ``builtin:NAME`` for models shipped in the package)."""
 
     name: str
     card: str
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | onnxruntime-cuda | torch
+    backend: str = "auto"  # auto | tensorrt | onnxruntime | onnxruntime-cuda | torch | triton
     max_batch: int = 8
     max_wait_ms: float = 5.0
     options: Mapping[str, Any] = field(default_factory=dict)
     source: SourceLocation | None = None
+    triton: TritonSpec | None = None  # set when backend is triton
 
 
 @dataclass(frozen=True)

@@ -307,6 +307,24 @@ class JobQueue:
                     requeued.append(int(row["id"]))
         return WorkerRequeue(tuple(requeued), tuple(failed))
 
+    def requeue_job(self, job_id: int, error: str, max_runs: int = 1000) -> bool:
+        """A running job met a transient failure (e.g. no inference server answers): back to ``pending`` with
+        ``error`` recorded, to run again. After ``max_runs`` runs it ends in ``error`` instead; returns whether it
+        was requeued. Raises JobStateError when the job is not running."""
+        now = time.time()
+        conn = self._conn()
+        with self._tx(conn):
+            row = conn.execute("SELECT status, runs FROM jobs WHERE id=?", (job_id,)).fetchone()
+            if row is None or row["status"] != "running":
+                state = f"is {row['status']}" if row else "does not exist"
+                raise JobStateError(f"cannot requeue job {job_id}: it {state} (expected running)")
+            if int(row["runs"]) >= max_runs:
+                conn.execute("UPDATE jobs SET status='error', error=?, finished_at=? WHERE id=?",
+                             (f"{error} (gave up after {row['runs']} runs)", now, job_id))  # fmt: skip
+                return False
+            conn.execute("UPDATE jobs SET status='pending', worker='', error=? WHERE id=?", (error, job_id))
+        return True
+
     def finish_job(
         self,
         job_id: int,

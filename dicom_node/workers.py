@@ -9,7 +9,9 @@ result dataset written atomically under the spool's result path, then ONE ``fini
 ``OutboundItem`` per (result, destination) plus the original per destination when ``forward_original``. The original
 is forwarded even when processing failed (forwarding is a routing decision, not a processing result).
 
-A pipeline exception ends that job in ``error`` with a PHI-free message; the worker goes on. Pipelines are built
+A pipeline exception ends that job in ``error`` with a PHI-free message; the worker goes on. A transient one
+(``inference.backends.BackendTransientError``: no Triton server answers and no local fallback is configured) puts
+the job back to ``pending`` instead, and the worker backs off (0.5 s doubling to 30 s) before it claims again. Pipelines are built
 once per worker per configuration generation (``WorkerPool.reload`` bumps the generation; each worker re-reads the
 validated file) and a worker reports ready only after building them (model warm-up). A worker that dies is
 replaced; the job it was running goes back to ``pending`` (``JobQueue.requeue_worker``) and runs again on another
@@ -50,6 +52,11 @@ SR_PREFIX = "1.2.840.10008.5.1.4.1.1.88."
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 QUICK_DEATH_S = 30.0  # a worker dying this soon after its start, before being ready, counts as a start failure
 MAX_QUICK_DEATHS = 5
+# a job whose inference backend is unreachable (BackendTransientError) goes back to the queue; the worker waits
+# 0.5, 1, 2, ... up to 30 s before it claims again; after MAX_TRANSIENT_RUNS runs the job ends in error
+TRANSIENT_DELAY_S = 0.5
+TRANSIENT_MAX_DELAY_S = 30.0
+MAX_TRANSIENT_RUNS = 1000
 
 
 def result_kind(ds: Any) -> str:
@@ -69,7 +76,7 @@ def result_kind(ds: Any) -> str:
 class JobResult:
     """What ``process_job`` decided; ``outbound`` holds ``jobqueue.OutboundItem`` objects."""
 
-    status: str  # done | error | dropped
+    status: str  # done | error | dropped | retry (transient failure: the job goes back to the queue)
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     outbound: tuple[Any, ...] = ()
@@ -154,7 +161,10 @@ def process_job(obj: Any, config: NodeConfig, pipelines: PipelineCache, spool: A
         outcome = pipeline.process(obj, route)
     except Exception as exc:
         from dicom_node.pipeline import PipelineError
+        from inference.backends import BackendTransientError
 
+        if isinstance(exc, BackendTransientError):  # e.g. no Triton server answers: run the job again later
+            return JobResult("retry", _safe(f"pipeline {name!r}: {exc}"), summary, ())
         detail = str(exc) if isinstance(exc, PipelineError | RuntimeError) else f"{type(exc).__name__}: {exc}"
         message = _safe(f"pipeline {name!r} failed: {detail}")
         summary["seconds"] = round(time.monotonic() - started, 3)
@@ -232,6 +242,7 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
     pipelines = PipelineCache(config)
     pipelines.build_all()
     events.send(("ready", gen, sorted(pipelines.errors.values())))
+    transient = 0  # consecutive transient failures (backoff before the next claim)
     while not stop.is_set():
         if os.getppid() != parent:  # belt and braces beside PDEATHSIG
             return
@@ -262,6 +273,16 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
         except Exception as exc:  # a bug in routing/writing: end the job, keep the worker
             log.exception("job %s: unexpected error", obj.job_id)
             result = JobResult("error", _safe(f"internal error: {type(exc).__name__}: {exc}"))
+        if result.status == "retry":
+            transient += 1
+            requeued = queue.requeue_job(obj.job_id, result.error, MAX_TRANSIENT_RUNS)
+            delay = min(TRANSIENT_MAX_DELAY_S, TRANSIENT_DELAY_S * 2 ** min(transient - 1, 10))
+            log.warning("job %s %s after a transient failure (%s); this worker waits %.1f s", obj.job_id,
+                        "queued again" if requeued else "ended in error", result.error, delay)  # fmt: skip
+            events.send(("requeued", obj.job_id))
+            stop.wait(delay)
+            continue
+        transient = 0
         queue.finish_job(
             obj.job_id, status=result.status, error=result.error, summary=result.summary, outbound=result.outbound
         )
@@ -444,6 +465,8 @@ class WorkerPool:
                      slot.ready_generation)
         elif kind == "claimed":
             slot.current_job = int(event[1])
+        elif kind == "requeued":
+            slot.current_job = None
         elif kind == "finished":
             slot.current_job = None
             self.jobs_finished += 1

@@ -39,6 +39,7 @@ BACKENDS = (
     "torch",
     "torch-cpu",
     "torch-cuda",
+    "triton",
 )
 DEFAULT_ENGINE_CACHE = Path(
     os.environ.get("DICOM_NODE_ENGINE_CACHE", Path.home() / ".cache" / "dicom-node" / "engines")
@@ -51,6 +52,10 @@ class BackendError(RuntimeError):
 
 class BackendUnavailable(BackendError):
     """The requested backend is not installed or has no device here."""
+
+
+class BackendTransientError(BackendError):
+    """A remote backend cannot serve now (e.g. no Triton server answers): the job is worth running again later."""
 
 
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
@@ -70,6 +75,10 @@ class Backend(ABC):
 
     def describe(self) -> str:
         return f"{self.name} on {self.device}"
+
+    def served_by(self) -> str:
+        """What ran the last ``run`` (a remote backend names the server, or its local fallback)."""
+        return self.name
 
     def close(self) -> None:  # noqa: B027 - optional hook
         """Release device resources (optional)."""
@@ -473,14 +482,30 @@ def choose_backend(requested: str, card: ModelCard | None = None) -> tuple[str, 
 
 def open_backend(
     card: ModelCard, requested: str = "auto", *, max_batch: int = 8, options: Mapping[str, Any] | None = None,
-    calibration: Callable[[], Iterable[np.ndarray]] | None = None,
+    calibration: Callable[[], Iterable[np.ndarray]] | None = None, triton: Any = None,
 ) -> Backend:  # fmt: skip
-    """Load ``card``'s model on the chosen backend; ``options`` as in ModelSpec.options (threads, precision, ...)."""
+    """Load ``card``'s model on the chosen backend; ``options`` as in ModelSpec.options (threads, precision, ...).
+
+    ``triton``: the model's ``TritonSpec`` when ``requested`` is ``triton`` (inference.triton; its ``fallback``
+    names the local backend opened, with the same options, when no Triton server answers)."""
     opts = dict(options or {})
     name, why = choose_backend(requested, card)
     threads = opts.get("threads")
-    if name == "tensorrt":
-        backend: Backend = TensorRTBackend(
+    if name == "triton":
+        from inference.triton import TritonBackend
+
+        if triton is None:
+            raise BackendError(f"model {card.name}: backend triton needs a triton section (servers, model)")
+        fallback = None if triton.fallback == "fail" else triton.fallback
+
+        def open_fallback() -> Backend:
+            return open_backend(card, fallback or "auto", max_batch=max_batch, options=options,
+                                calibration=calibration)  # fmt: skip
+
+        backend: Backend = TritonBackend(card, triton, max_batch=max_batch,
+                                         fallback_factory=open_fallback if fallback else None)  # fmt: skip
+    elif name == "tensorrt":
+        backend = TensorRTBackend(
             card,
             precision=str(opts.get("precision", "fp16")),
             max_batch=max_batch,

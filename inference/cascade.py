@@ -34,6 +34,7 @@ class DetectorRun:
     detections: tuple[Detection, ...] = ()
     gate: str | None = None
     seconds: float = 0.0
+    backend: str = ""  # what ran it: a backend name, or for triton the server / the local fallback
 
 
 @dataclass(frozen=True)
@@ -112,10 +113,12 @@ def run_cascade(
                 )
                 continue
         t0 = time.perf_counter()
-        dets = pool.get(spec.model).detect(
+        detector = pool.get(spec.model)
+        dets = detector.detect(
             ds, pixels, score_threshold=spec.score_threshold, nms_iou=spec.nms_iou, classes=spec.classes
         )
-        runs.append(DetectorRun(spec.model, True, "ran", tuple(dets), gate, time.perf_counter() - t0))
+        runs.append(DetectorRun(spec.model, True, "ran", tuple(dets), gate, time.perf_counter() - t0,
+                                detector.backend.served_by()))  # fmt: skip
     detections = tuple(d for r in runs for d in r.detections)
     gates = tuple((g, dets) for (g, _), dets in gate_cache.items())
     return CascadeOutcome(detections, tuple(runs), gates)

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
@@ -22,7 +23,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from dicom_node.config_schema import ModelSpec
-from inference.backends import Backend, open_backend
+from inference.backends import Backend, BackendTransientError, open_backend
 from inference.modelcard import TORCHVISION_FORMATS, ModelCard, load_card
 from inference.postprocess import Candidates, postprocess
 from inference.preprocessing import PreparedImage, preprocess
@@ -143,7 +144,8 @@ class Detector:
     def from_spec(cls, spec: ModelSpec, card: ModelCard | None = None, *, warmup: bool = True) -> Detector:
         """Load the model of a configured ``ModelSpec`` (the card is loaded and validated when not given)."""
         card = card or load_card(spec.card)
-        backend = open_backend(card, spec.backend, max_batch=spec.max_batch, options=spec.options)
+        backend = open_backend(card, spec.backend, max_batch=spec.max_batch, options=spec.options,
+                               triton=spec.triton)  # fmt: skip
         det = cls(card, backend, max_batch=spec.max_batch, max_wait_ms=spec.max_wait_ms,
                   micro_batching=bool(spec.options.get("micro_batching", False)))  # fmt: skip
         if warmup:
@@ -162,8 +164,14 @@ class Detector:
     def warmup(self, runs: int = 2) -> None:
         """Run the model on blank inputs (batch 1 and the largest batch) so the first real image is not slow."""
         c, h, w = self.card.input.channels, self.card.input.height, self.card.input.width
-        for n in sorted({1, self.max_batch})[: max(1, runs)]:
-            self.run_tensors([np.zeros((c, h, w), dtype=np.float32)] * n)
+        quick = getattr(self.backend, "quick", None)  # a remote backend: do not wait for an unreachable server
+        with quick() if quick is not None else nullcontext():
+            try:
+                for n in sorted({1, self.max_batch})[: max(1, runs)]:
+                    self.run_tensors([np.zeros((c, h, w), dtype=np.float32)] * n)
+            except BackendTransientError as exc:
+                log.warning("model %s: warm-up skipped, %s", self.card.name, exc)
+                return
         self.warm = True
 
     def _layout(self, tensors: Sequence[np.ndarray]) -> np.ndarray:

@@ -25,7 +25,7 @@ def add_infer_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--model", help="model name from --config, or a builtin model (default: reference)")
     src.add_argument("--card", help="path to a model card (card.yaml) or builtin:NAME")
     p.add_argument("--config", type=Path, help="node configuration (models, measurement settings)")
-    p.add_argument("--backend", default=None, help="auto | tensorrt | onnxruntime | onnxruntime-cuda | torch")
+    p.add_argument("--backend", default=None, help="auto | tensorrt | onnxruntime | onnxruntime-cuda | torch | triton (needs the model's triton section in --config)")
     p.add_argument("--score-threshold", type=float, default=None, help="override the card's score threshold")
     p.add_argument("--nms-iou", type=float, default=None, help="override the card's NMS IoU threshold")
     p.add_argument("--classes", nargs="+", default=None, help="only these class names")

@@ -135,7 +135,8 @@ def _summary(detections: list[Any], measurements: Any, cascade: Any, timings: di
         "regions": regions,
         "geometry": str(measurements.geometry_level),
         "view": measurements.view,
-        "models": [{"model": r.model, "ran": r.ran, "why": r.reason} for r in cascade.runs],
+        "models": [{"model": r.model, "ran": r.ran, "why": r.reason, **({"backend": r.backend} if r.backend else {})}
+                   for r in cascade.runs],
         **{k: round(v, 1) for k, v in timings.items()},
     }
 

@@ -385,7 +385,7 @@ def test_ranges_durations_and_choices() -> None:
         "t.yaml:6: node.timeouts.dimse: invalid duration '10 parsecs' (examples: 30, '500ms', '30s', '5m', '1h')",
         "t.yaml:6: node.timeouts.network: invalid duration '-5s' (examples: 30, '500ms', '30s', '5m', '1h')",
         "t.yaml:7: node.metrics_port: must differ from node.port (11112)",
-        "t.yaml:9: models.m.backend: 'cuda' is not one of auto, tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, torch, torch-cpu, torch-cuda",
+        "t.yaml:9: models.m.backend: 'cuda' is not one of auto, tensorrt, onnxruntime, onnxruntime-cpu, onnxruntime-cuda, torch, torch-cpu, torch-cuda, triton",
         "t.yaml:9: models.m.max_batch: 0 is out of range (1-1024)",
         "t.yaml:9: models.m.max_wait_ms: duration -1 must be >= 0",
     ]

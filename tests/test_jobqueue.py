@@ -231,3 +231,18 @@ def test_outbound_item_validation() -> None:
         OutboundItem("pacs", Path("/x"), "1.2", SR, "pdf")
     with pytest.raises(ValueError, match="without a destination"):
         OutboundItem("", Path("/x"), "1.2", SR, "sr")
+
+
+def test_requeue_after_a_transient_failure(queue: JobQueue, tmp_path: Path) -> None:
+    job_id = queue.add_job(_obj(1, tmp_path))
+    claimed = queue.claim_job("w1")
+    assert claimed is not None and claimed.job_id == job_id
+    assert queue.requeue_job(job_id, "no Triton server answers", max_runs=2)
+    row = queue.get_job(job_id)
+    assert row is not None and row.status == "pending" and row.error == "no Triton server answers"
+    with pytest.raises(JobStateError, match="expected running"):
+        queue.requeue_job(job_id, "again")
+    assert queue.claim_job("w2") is not None  # second run
+    assert not queue.requeue_job(job_id, "still down", max_runs=2)
+    row = queue.get_job(job_id)
+    assert row is not None and row.status == "error" and "gave up after 2 runs" in row.error
