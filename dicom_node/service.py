@@ -27,8 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
 import signal
 import sys
 import threading
@@ -36,6 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dicom_node.logsetup import apply_log_level, setup_logging
 from dicom_node.sdnotify import SdNotifier, watchdog_interval_s
 
 log = logging.getLogger("dicom_node.service")
@@ -57,59 +56,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--ready-timeout", type=float, default=DEFAULT_READY_TIMEOUT_S, metavar="S",
         help="seconds to wait for the workers to build their pipelines before giving up (exit 1)",
     )
-
-
-class _JournalFormatter(logging.Formatter):
-    """Under systemd (``$JOURNAL_STREAM``): ``<priority>`` prefixes so journald keeps log levels, no timestamps."""
-
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        from dicom_node.logsafe import redact
-
-        prio = self.PRIORITY.get(record.levelno, 6)
-        return "\n".join(f"<{prio}>{line}" for line in redact(super().format(record)).splitlines())
-
-
-def setup_logging(level: str, debug_phi: bool) -> None:
-    """PHI-safe logging to stderr (the journal under systemd); pynetdicom's chatter only at DEBUG."""
-    from dicom_node.logsafe import PhiSafeFormatter, install
-
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(processName)s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(PhiSafeFormatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    apply_log_level(level)
-    install(debug_phi=debug_phi)
-    # Library warnings (highdicom, pydicom) can quote attribute values such as a patient's name: route them through
-    # logging and blank quoted values unless debug_phi is on.
-    logging.captureWarnings(True)
-    warn_log = logging.getLogger("py.warnings")
-    if not any(isinstance(f, _QuotedValueFilter) for f in warn_log.filters):
-        warn_log.addFilter(_QuotedValueFilter())
-
-
-class _QuotedValueFilter(logging.Filter):
-    """Replaces quoted substrings of warning messages by <redacted> (they may be patient data)."""
-
-    _QUOTED = re.compile(r"(\"[^\"\n]*\"|'[^'\n]*')")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from dicom_node.logsafe import debug_phi_enabled
-
-        if not debug_phi_enabled():
-            record.msg = self._QUOTED.sub("<redacted>", record.getMessage())
-            record.args = None
-        return True
-
-
-def apply_log_level(level: str) -> None:
-    logging.getLogger().setLevel(level)
-    for chatty in ("pynetdicom", "highdicom"):  # library INFO lines (~30 per job for highdicom) only when debugging
-        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
 
 
 class Node:
@@ -190,7 +136,7 @@ class Node:
             log.warning("recovered after an unclean stop: %d interrupted job(s) and %d interrupted send(s) queued "
                         "again, %d partial temp file(s) removed", jobs, sends, removed)
 
-        self.pool = WorkerPool(self.holder.path, self.storage_override, node.workers, self.queue,
+        self.pool = WorkerPool(config, node.workers, self.queue,
                                on_outbound=self._wake_senders, max_worker_deaths=node.max_worker_deaths_per_job)
         self.pool.start()
         self._refresh_pool_view()
@@ -334,7 +280,11 @@ class Node:
         if (new.node.metrics_bind, new.node.metrics_port) != (old.node.metrics_bind, old.node.metrics_port):
             self._move_metrics(new.node)
         self.pool.max_worker_deaths = new.node.max_worker_deaths_per_job
-        self.pool.reload(new.node.workers)
+        try:
+            self.pool.reload(new)
+        except OSError as exc:
+            log.error("SIGHUP: cannot hand the new configuration to the workers (%s); they keep the previous one",
+                      exc)
         self._refresh_pool_view()  # /healthz: not ready until the workers rebuilt their pipelines
         self._sync_senders()
         self.notifier.ready(self._status_line())
