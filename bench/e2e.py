@@ -88,7 +88,7 @@ def clone_with_new_uids(files: list[Path], out: Path, tag: str, copies: int = 1)
     objects for the node (no duplicate handling involved)."""
     from pydicom import dcmread
 
-    from dicom_node.uids import derived_uid
+    from nodecore.uids import derived_uid
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -377,7 +377,7 @@ class Sample:
 
 class Measurer:
     def __init__(self, receiver: Receiver, node_port: int, model_version: str, timeout: float) -> None:
-        from dicom_node.uids import result_uids
+        from nodecore.uids import result_uids
 
         self.receiver = receiver
         self.node_port = node_port

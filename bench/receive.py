@@ -214,10 +214,10 @@ def serve_node(storage: Path, port_file: Path) -> int:
     import logging
     import threading
 
-    from dicom_node.config_schema import NodeConfig, NodeSettings
     from dicom_node.jobqueue import JobQueue
     from dicom_node.scp import StorageSCP
     from dicom_node.spool import Spool
+    from nodecore.config_schema import NodeConfig, NodeSettings
 
     logging.basicConfig(level=logging.WARNING)
     node = NodeSettings(ae_title="BENCHNODE", bind="127.0.0.1", port=0, storage=storage, min_free_disk_mb=256)

@@ -114,7 +114,7 @@ def status_report(queue: Any, limit: int, storage: Path | None = None) -> dict[s
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from dicom_node.sopclasses import sop_class_name
+    from nodecore.sopclasses import sop_class_name
 
     queue = _open_queue(args)
     report = status_report(queue, args.limit, storage=queue.db_path.parent)
@@ -180,7 +180,7 @@ def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _timeouts(seconds: float) -> Any:
-    from dicom_node.config_schema import Timeouts
+    from nodecore.config_schema import Timeouts
 
     return Timeouts(acse=seconds, dimse=seconds, network=seconds, connection=min(seconds, 10.0))
 

@@ -32,7 +32,7 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
-from dicom_node.config_schema import Destination, NodeConfig, RetryPolicy, Timeouts
+from nodecore.config_schema import Destination, NodeConfig, RetryPolicy, Timeouts
 
 log = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 A pipeline is looked up by the name in a route's ``pipeline.name`` (see ``PIPELINES``) and built once per worker
 process with the node configuration; ``process`` is then called for every job routed to it. Pipelines must be
 deterministic: result UIDs derive from the source SOP Instance UID, the model version and the output kind
-(``dicom_node.uids``), so a re-run replaces rather than duplicates.
+(``nodecore.uids``), so a re-run replaces rather than duplicates.
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from typing import Any, Protocol
 
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import NodeConfig, Route
 from inference.types import Detection, ImageMeasurements
+from nodecore.config_schema import NodeConfig, Route
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class PipelineError(Exception):
 
 # name -> "module:factory"; the factory takes the NodeConfig and returns a Pipeline.
 PIPELINES: dict[str, str] = {
-    "reference": "inference.reference_pipeline:ReferencePipeline",
+    "reference": "dicom_node.reference_pipeline:ReferencePipeline",
     "decode": "dicom_node.decode_pipeline:DecodePipeline",
 }
 

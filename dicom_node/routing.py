@@ -25,8 +25,16 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicom_node.config import ConfigError, ConfigIssue, LocatedList, LocatedMap, suggestion
-from dicom_node.config_schema import DefaultAction, Matcher, NodeConfig, Route, SourceLocation
+from dicom_node.config_yaml import (
+    ConfigError,
+    ConfigIssue,
+    LocatedList,
+    LocatedMap,
+    check_ae_title,
+    suggestion,
+    type_name,
+)
+from nodecore.config_schema import DefaultAction, Matcher, NodeConfig, Route, SourceLocation
 
 __all__ = [
     "AllOf",
@@ -572,8 +580,6 @@ class _Compiler:
         return (bounds["min"], bounds["max"]) if ok else None
 
     def _calling_ae(self, value: Any, line: int, key: str) -> Matcher | None:
-        from dicom_node.config import check_ae_title
-
         if not isinstance(value, dict) or len(value) != 1:
             self.err(
                 line,
@@ -613,9 +619,7 @@ class _Compiler:
 
 
 def _kind(value: Any) -> str:
-    from dicom_node.config import _type_name
-
-    return _type_name(value)
+    return type_name(value)
 
 
 def compile_match(

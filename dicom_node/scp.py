@@ -41,17 +41,9 @@ from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext, build_context
 from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dicom_node.config_schema import NodeConfig, NodeSettings
 from dicom_node.jobqueue import JobQueue
 from dicom_node.metrics import Counters
 from dicom_node.pipeline import ReceivedObject
-from dicom_node.sopclasses import (
-    VERIFICATION,
-    sop_class_name,
-    sop_classes_or_default,
-    transfer_syntax_name,
-    transfer_syntaxes_or_default,
-)
 from dicom_node.spool import (
     DatasetMismatch,
     DuplicateRejected,
@@ -60,7 +52,15 @@ from dicom_node.spool import (
     Spool,
     StoredObject,
 )
-from dicom_node.uids import derived_uid
+from nodecore.config_schema import NodeConfig, NodeSettings
+from nodecore.sopclasses import (
+    VERIFICATION,
+    sop_class_name,
+    sop_classes_or_default,
+    transfer_syntax_name,
+    transfer_syntaxes_or_default,
+)
+from nodecore.uids import derived_uid
 
 log = logging.getLogger(__name__)
 

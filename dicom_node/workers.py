@@ -43,13 +43,13 @@ from typing import Any
 
 from pydicom import dcmread
 
-from dicom_node.config_schema import NodeConfig, Route
 from dicom_node.jobqueue import JobQueue, OutboundItem
 from dicom_node.logsafe import redact
 from dicom_node.logsetup import setup_logging
 from dicom_node.pipeline import PipelineError, build_pipeline
 from dicom_node.routing import select_route
 from dicom_node.spool import Spool
+from nodecore.config_schema import NodeConfig, Route
 
 log = logging.getLogger(__name__)
 

@@ -27,19 +27,11 @@ from typing import Any
 import numpy as np
 
 from inference.modelcard import ModelCard
+from nodecore.config_schema import MODEL_BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = (
-    "auto",
-    "tensorrt",
-    "onnxruntime",
-    "onnxruntime-cpu",
-    "onnxruntime-cuda",
-    "torch",
-    "torch-cpu",
-    "torch-cuda",
-)
+BACKENDS = MODEL_BACKENDS  # the names the configuration accepts (nodecore.config_schema)
 DEFAULT_ENGINE_CACHE = Path(
     os.environ.get("DICOM_NODE_ENGINE_CACHE", Path.home() / ".cache" / "dicom-node" / "engines")
 )

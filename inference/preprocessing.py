@@ -131,9 +131,9 @@ class PreparedImage:
 
 
 def stored_pixels(ds: Dataset) -> np.ndarray:
-    """Stored pixel values of a dataset (first frame), via dicom_node.decoders when present."""
+    """Stored pixel values of a dataset (first frame), via inference.decoders when present."""
     try:
-        from dicom_node.decoders import decode_pixels  # type: ignore[import-not-found]
+        from inference.decoders import decode_pixels  # type: ignore[import-not-found]
     except ImportError:
         decode_pixels = None
     if decode_pixels is not None:

@@ -12,8 +12,8 @@ import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements
+from nodecore.uids import result_uids
 from sr_writer.context import ResultContext
 from sr_writer.render import choose_window, colour_for, modality_values
 from sr_writer.sc import legend_line, lps_to_pixel

@@ -10,8 +10,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements, QuantityKind, RegionMeasurement
+from nodecore.uids import result_uids
 from sr_writer.context import ResultContext
 from sr_writer.render import DrawRegion, render_annotated, to_display
 from sr_writer.source import SourceHeader, read_source_header

@@ -36,7 +36,6 @@ from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.uids import derived_uid, result_uids
 from inference.types import (
     Box,
     Detection,
@@ -46,6 +45,7 @@ from inference.types import (
     QuantityKind,
     RegionMeasurement,
 )
+from nodecore.uids import derived_uid, result_uids
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 from sr_writer.source import SourceHeader, read_source_header

@@ -26,8 +26,8 @@ from pydicom.charset import convert_encodings, encode_string
 from pydicom.sr.codedict import codes
 from pydicom.valuerep import DS
 
-from dicom_node.uids import derived_uid
 from inference.types import Detection, ImageMeasurements, Quantity, QuantityKind
+from nodecore.uids import derived_uid
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 from sr_writer.source import SourceHeader

@@ -119,7 +119,7 @@ def test_engine_cache_key_covers_every_dependency(tmp_path: Path) -> None:
 
 
 def test_build_engines_without_tensorrt_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    from inference.infer_cli import run_build_engines
+    from dicom_node.infer_cli import run_build_engines
 
     if availability()["tensorrt"] is None:
         pytest.skip(

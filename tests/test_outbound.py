@@ -14,9 +14,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]
 
-from dicom_node.config_schema import Destination, RetryPolicy, Timeouts
 from dicom_node.netutil import wait_port
 from dicom_node.outbound import Outcome, classify_status, echo, next_delay_s, parse_peer, store_files
+from nodecore.config_schema import Destination, RetryPolicy, Timeouts
 from tests.conftest import require_tool
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
 

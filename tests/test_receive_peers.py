@@ -15,8 +15,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from dicom_node.config_schema import Caller
-from dicom_node.sopclasses import DEFAULT_SOP_CLASSES, TRANSFER_SYNTAXES
+from nodecore.config_schema import Caller
+from nodecore.sopclasses import DEFAULT_SOP_CLASSES, TRANSFER_SYNTAXES
 from tests.conftest import require_tool
 from tests.test_scp import Node
 

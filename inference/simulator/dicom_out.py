@@ -17,9 +17,9 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.uids import derived_uid
 from inference.simulator.profiles import CTProfile, DXProfile
 from inference.simulator.truth import SimTruth
+from nodecore.uids import derived_uid
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 DX_PRESENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"

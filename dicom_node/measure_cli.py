@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from dicom_node.config_schema import MeasurementSettings
 from inference.geometry import table_move_instruction
 from inference.measure import MeasuredImage, measure_image
 from inference.types import Box, CodedConcept, Detection, ModelIdentity, QuantityKind
+from nodecore.config_schema import MeasurementSettings
 
 _MANUAL = ModelIdentity(name="manual boxes", version="1")
 

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config_schema import MeasurementSettings, ModelSpec, NodeConfig
+from nodecore.config_schema import MeasurementSettings, ModelSpec, NodeConfig
 
 
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
