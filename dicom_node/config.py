@@ -114,7 +114,7 @@ class _Validator:
         if key not in parent or parent[key] is None:
             return None
         value = parent[key]
-        if not isinstance(value, dict):
+        if not isinstance(value, LocatedMap):
             self.err(parent.value_line(key), path, f"expected a mapping, got {type_name(value)}")
             return None
         self.known_keys(value, path, allowed)
@@ -297,7 +297,7 @@ class Key:
 def _checked_mapping(v: _Validator, raw: Any, line: int, path: str, keys: Mapping[str, Key]) -> Any:
     """``{key: typed value}`` of the keys present in ``raw`` (every unknown, missing or invalid key reported), or
     ``_BAD`` when anything was wrong."""
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(line, path, f"expected a mapping ({', '.join(keys)}), got {type_name(raw)}")
         return _BAD
     before = len(v.issues)
@@ -322,7 +322,7 @@ def _to_positive_mm(value: Any) -> float:
 def _dicom_match(v: _Validator, parent: LocatedMap, key: str, path: str) -> Any:
     """``{DICOM keyword: value}`` naming a scanner (``nodecore.scanners``): keywords checked, values non-empty."""
     cond, where = parent[key], f"{path}.{key}"
-    if not isinstance(cond, dict) or not cond:
+    if not isinstance(cond, LocatedMap) or not cond:
         v.err(parent.value_line(key), where, "expected a non-empty mapping of attribute keyword -> value")
         return _BAD
     out: dict[str, str] = {}
@@ -411,7 +411,7 @@ def _str_list(v: _Validator, parent: LocatedMap, key: str, path: str) -> list[tu
     where = f"{path}.{key}" if path else key
     if isinstance(raw, str):
         return [(raw, parent.value_line(key), where)]
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(parent.value_line(key), where, f"expected a list, got {type_name(raw)}")
         return None
     out = []
@@ -470,7 +470,7 @@ def _build_callers(v: _Validator, node: LocatedMap) -> tuple[Caller, ...]:
     if "allowed_callers" not in node or node["allowed_callers"] is None:
         return ()
     raw = node["allowed_callers"]
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(
             node.value_line("allowed_callers"),
             "node.allowed_callers",
@@ -480,7 +480,7 @@ def _build_callers(v: _Validator, node: LocatedMap) -> tuple[Caller, ...]:
     callers = []
     for i, item in enumerate(raw):
         line, path = raw.item_line(i), f"node.allowed_callers[{i}]"
-        if isinstance(item, dict):
+        if isinstance(item, LocatedMap):
             v.known_keys(item, path, ["ae_title", "host"], required=["ae_title"])
             ae = v.value(item, "ae_title", path, _BAD, check_ae_title)
             host = v.value(item, "host", path, None, lambda x: _resolve_host(_to_host(x)))
@@ -562,7 +562,7 @@ def _named_mapping(v: _Validator, top: LocatedMap, key: str) -> list[tuple[str, 
     if key not in top or top[key] is None:
         return []
     raw = top[key]
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(top.value_line(key), key, f"expected a mapping of name -> settings, got {type_name(raw)}")
         return []
     out = []
@@ -571,7 +571,7 @@ def _named_mapping(v: _Validator, top: LocatedMap, key: str) -> list[tuple[str, 
         if not isinstance(name, str) or not _NAME_RE.match(name):
             v.err(raw.key_line(name), path, f"invalid name {name!r} (letters, digits, '_', '.', '-')")
             continue
-        if not isinstance(body, dict):
+        if not isinstance(body, LocatedMap):
             v.err(raw.value_line(name), path, f"expected a mapping, got {type_name(body)}")
             continue
         out.append((name, body, path))
@@ -649,7 +649,7 @@ def _options(v: _Validator, body: LocatedMap, path: str) -> dict[str, Any]:
     if "options" not in body or body["options"] is None:
         return {}
     raw = body["options"]
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(body.value_line("options"), f"{path}.options", f"expected a mapping, got {type_name(raw)}")
         return {}
     return plain(raw)
@@ -685,7 +685,7 @@ def _build_model_options(v: _Validator, body: LocatedMap, path: str) -> Any:
 
 def _declared(top: LocatedMap, key: str) -> set[str]:
     raw = top.get(key)
-    return {k for k in raw if isinstance(k, str)} if isinstance(raw, dict) else set()
+    return {k for k in raw if isinstance(k, str)} if isinstance(raw, LocatedMap) else set()
 
 
 def _check_refs(
@@ -707,7 +707,7 @@ def _build_detectors(
 ) -> tuple[DetectorSpec, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(line, path, f"expected a list of detectors, got {type_name(raw)}")
         return ()
     out = []
@@ -717,7 +717,7 @@ def _build_detectors(
             item_map = LocatedMap(iline)
             item_map["model"] = item
             item = item_map
-        if not isinstance(item, dict):
+        if not isinstance(item, LocatedMap):
             v.err(
                 iline,
                 ipath,
@@ -789,7 +789,7 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
         body = LocatedMap(line)
         body["name"] = raw
         raw = body
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(
             line,
             ppath,
@@ -820,7 +820,7 @@ def _build_routes(
     if "routes" not in top or top["routes"] is None:
         return ()
     raw = top["routes"]
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(top.value_line("routes"), "routes", f"expected a list of routes, got {type_name(raw)}")
         return ()
     declared_dest, declared_models = _declared(top, "destinations"), _declared(top, "models")
@@ -828,7 +828,7 @@ def _build_routes(
     routes = []
     for i, body in enumerate(raw):
         path, line = f"routes[{i}]", raw.item_line(i)
-        if not isinstance(body, dict):
+        if not isinstance(body, LocatedMap):
             v.err(
                 line, path, f"expected a route mapping (name, match, pipeline, ...), got {type_name(body)}"
             )
@@ -845,7 +845,7 @@ def _build_routes(
                 )
             else:
                 seen[name] = body.value_line("name")
-        matcher = _BAD
+        matcher: Any = _BAD
         if "match" in body:
             before = len(v.issues)
             matcher = compile_match(
@@ -908,7 +908,7 @@ def _build_default(v: _Validator, top: LocatedMap, destinations: dict[str, Desti
         body = LocatedMap(top.value_line("default"))
         body["action"] = raw
         raw = body
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(
             top.value_line("default"),
             "default",
@@ -947,7 +947,7 @@ def _build_measurement(v: _Validator, top: LocatedMap) -> MeasurementSettings:
     if options is None:
         return MeasurementSettings(tuple(calibrations))
     checked = _checked_mapping(v, options, section.value_line("options"), "measurement.options", MEASUREMENT_OPTIONS)
-    if not isinstance(options, dict):
+    if not isinstance(options, LocatedMap):
         return MeasurementSettings(tuple(calibrations))
     geometry = []
     for item, line, path in _checked_list(v, options, "scanner_geometry", "measurement.options"):
@@ -968,7 +968,7 @@ def _build_measurement(v: _Validator, top: LocatedMap) -> MeasurementSettings:
     region_model: dict[str, RegionShape] = {}
     raw_model = options.get("region_model")
     if raw_model is not None:
-        if not isinstance(raw_model, dict):
+        if not isinstance(raw_model, LocatedMap):
             v.err(options.value_line("region_model"), "measurement.options.region_model",
                   f"expected a mapping of region label -> shape, got {type_name(raw_model)}")
         else:
@@ -987,7 +987,7 @@ def _checked_list(v: _Validator, parent: LocatedMap, key: str, path: str) -> lis
     if raw is None:
         return []
     where = f"{path}.{key}"
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(parent.value_line(key), where, f"expected a list, got {type_name(raw)}")
         return []
     return [(item, raw.item_line(i), f"{where}[{i}]") for i, item in enumerate(raw)]
@@ -999,7 +999,7 @@ def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path |
             1, "", "the configuration is empty (expected a mapping with node, destinations, models, routes)"
         )
         raise ConfigError(v.issues)
-    if not isinstance(data, dict):
+    if not isinstance(data, LocatedMap):
         v.err(getattr(data, "line", 1) or 1, "", f"the top level must be a mapping, got {type_name(data)}")
         raise ConfigError(v.issues)
     v.known_keys(data, "", [*_TOP_KEYS, *(k for k in data if isinstance(k, str) and k.startswith("x-"))])
@@ -1053,7 +1053,7 @@ def summarize(config: NodeConfig) -> str:
     def n(count: int, word: str) -> str:
         return f"{count} {word}{'' if count == 1 else 's'}"
 
-    default = config.default.action
+    default: str = config.default.action
     if default == "forward":
         default += " to " + ", ".join(config.default.destinations)
     return (

@@ -63,7 +63,7 @@ class ConfigError(Exception):
 # ------------------------------------------------------------------------------------------ located YAML
 
 
-class LocatedMap(dict):
+class LocatedMap(dict[Any, Any]):
     """A YAML mapping that remembers the 1-based lines of itself, of each key and of each value."""
 
     def __init__(self, line: int = 0) -> None:
@@ -80,7 +80,7 @@ class LocatedMap(dict):
         return self.value_lines.get(key, self.line)
 
 
-class LocatedList(list):
+class LocatedList(list[Any]):
     """A YAML sequence that remembers the 1-based lines of itself and of each item."""
 
     def __init__(self, line: int = 0) -> None:
@@ -138,11 +138,13 @@ def plain(value: Any, memo: dict[int, Any] | None = None) -> Any:
     if id(value) in memo:
         return memo[id(value)]
     if isinstance(value, dict):
-        memo[id(value)] = out = {}
+        out: dict[Any, Any] = {}
+        memo[id(value)] = out
         out.update({k: plain(v, memo) for k, v in value.items()})
         return out
     if isinstance(value, list):
-        memo[id(value)] = out_list = []
+        out_list: list[Any] = []
+        memo[id(value)] = out_list
         out_list.extend(plain(v, memo) for v in value)
         return out_list
     return value

@@ -77,7 +77,7 @@ def _model_spec(args: argparse.Namespace, config: NodeConfig | None) -> ModelSpe
 
 def _measure(ds: Any, detections: list[Any], pixels: Any, config: NodeConfig | None) -> tuple[Any, str]:
     try:
-        from inference.measure import measure_image  # type: ignore[import-not-found]
+        from inference.measure import measure_image
     except ImportError as exc:
         return None, f"measurements unavailable: inference.measure not importable ({exc})"
     from inference.preprocessing import modality_pixels

@@ -11,27 +11,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
+
+__all__ = ["PIPELINES", "Pipeline", "PipelineError", "PipelineOutcome", "ReceivedObject", "build_pipeline"]
 
 from pydicom.dataset import Dataset
 
 from inference.types import Detection, ImageMeasurements
 from nodecore.config_schema import NodeConfig, Route
-
-
-@dataclass(frozen=True)
-class ReceivedObject:
-    """A spooled object: ``path`` holds the bytes exactly as received (file meta + dataset)."""
-
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    calling_ae: str
-    study_instance_uid: str = ""
-    received_at: float = 0.0  # POSIX seconds
-    job_id: int | None = None
+from nodecore.received import ReceivedObject
 
 
 @dataclass

@@ -21,6 +21,7 @@ Internals used (pynetdicom 3.0):
 * ``AE._servers``: ``start_server(block=False)`` registers its server there and ``server.shutdown()`` removes it;
 * ``Association.acse.send_reject`` + ``evt.trigger(EVT_REJECTED)`` + ``Association.kill()``: the sequence
   pynetdicom itself runs for a reject decided by its own checks;
+* ``Association.dul.socket.socket``: the TCP socket (``transport_socket``, e.g. TCP_NODELAY on outbound sends);
 * ``Association.dul.state_machine.current_state`` (``"Sta2"``: transport open, no A-ASSOCIATE-RQ yet),
   ``Association.requestor.primitive``, ``Association.dul.to_user_queue``.
 """
@@ -50,6 +51,7 @@ __all__ = [
     "reject",
     "set_acceptor_contexts",
     "start_server",
+    "transport_socket",
 ]
 
 # [lowest, highest) release whose internals the contract tests were run against
@@ -175,6 +177,12 @@ def awaiting_request(assoc: Association) -> bool:
             and assoc.dul.state_machine.current_state == "Sta2")
 
 
+def transport_socket(assoc: Association) -> socket.socket | None:
+    """The TCP socket under an association (from ``EVT_CONN_OPEN`` on; None once closed), e.g. to set options."""
+    sock = getattr(assoc.dul.socket, "socket", None)
+    return sock if isinstance(sock, socket.socket) else None
+
+
 def close_unnegotiated(assoc: Association) -> None:
     """Close a connection that never sent an A-ASSOCIATE-RQ, now rather than at the ACSE timeout.
 
@@ -182,10 +190,10 @@ def close_unnegotiated(assoc: Association) -> None:
     in every state); the acceptor thread, which waits up to the ACSE timeout for the request, is then woken with
     an empty primitive and ends as on that timeout.
     """
-    sock = getattr(assoc.dul.socket, "socket", None)
+    sock = transport_socket(assoc)
     if sock is not None:
         try:
             sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass  # already closed by the peer
-    assoc.dul.to_user_queue.put(None)  # type: ignore[arg-type]
+    assoc.dul.to_user_queue.put(None)

@@ -37,12 +37,12 @@ from collections.abc import Callable
 from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext, build_context
 
 from dicom_node.jobqueue import JobQueue
 from dicom_node.metrics import Counters
-from dicom_node.pipeline import ReceivedObject
 from dicom_node.pynetdicom_compat import (
     awaiting_request,
     close_unnegotiated,
@@ -59,6 +59,7 @@ from dicom_node.spool import (
     StoredObject,
 )
 from nodecore.config_schema import NodeConfig, NodeSettings
+from nodecore.received import ReceivedObject
 from nodecore.sopclasses import (
     VERIFICATION,
     sop_class_name,
@@ -70,7 +71,7 @@ from nodecore.uids import derived_uid
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = derived_uid("dicom-node", "implementation-class", "1")
+IMPLEMENTATION_CLASS_UID = UID(derived_uid("dicom-node", "implementation-class", "1"))
 IMPLEMENTATION_VERSION_NAME = "DICOMNODE_01"
 # Largest P-DATA PDU we accept. Large PDUs cut per-PDU work in pynetdicom's reader (the peer may send smaller).
 MAX_PDU_BYTES = 4 * 1024 * 1024
@@ -109,7 +110,7 @@ def _addresses(host: str) -> frozenset[str]:
     except ValueError:
         pass
     try:
-        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
     except OSError:
         log.warning("allowed caller host %r does not resolve; no address will match it", host)
         return frozenset()
@@ -159,7 +160,7 @@ class StorageSCP:
         ae.require_calling_aet = []
         self._apply_node_settings(ae, node)
         for cx in self._supported_contexts(node):
-            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+            ae.add_supported_context(str(cx.abstract_syntax), cx.transfer_syntax)
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -339,9 +340,9 @@ class StorageSCP:
         t0 = time.perf_counter()
         req = event.request
         calling = str(event.assoc.requestor.ae_title).strip()
-        sop_class = str(req.AffectedSOPClassUID)
-        sop_instance = str(req.AffectedSOPInstanceUID)
-        ts = str(event.context.transfer_syntax)
+        sop_class = UID(str(req.AffectedSOPClassUID))
+        sop_instance = UID(str(req.AffectedSOPInstanceUID))
+        ts = UID(str(event.context.transfer_syntax))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = sop_instance

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 import signal
 import sys
 import threading
@@ -34,8 +35,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dicom_node.config import ConfigError, ConfigHolder, load_config, summarize
+from dicom_node.jobqueue import JobQueue
+from dicom_node.logsafe import set_debug_phi
 from dicom_node.logsetup import apply_log_level, setup_logging
+from dicom_node.metrics import Counters, JobStatsScanner, MetricsServer, NodeState
+from dicom_node.metrics import health as node_health
+from dicom_node.metrics import render as render_metrics_text
+from dicom_node.outbound import DestinationSender
+from dicom_node.retention import RetentionRunner, SpoolUsage
+from dicom_node.scp import StorageSCP
 from dicom_node.sdnotify import SdNotifier, watchdog_interval_s
+from dicom_node.spool import Spool
+from dicom_node.workers import WorkerPool
 
 log = logging.getLogger("dicom_node.service")
 
@@ -69,8 +81,6 @@ class Node:
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         notifier: SdNotifier | None = None,
     ) -> None:
-        from dicom_node.config import ConfigHolder
-
         self.holder = ConfigHolder(config_path, storage_override)
         self.storage_override = storage_override
         self.drain_timeout_s = drain_timeout_s
@@ -78,25 +88,23 @@ class Node:
         self.notifier = notifier or SdNotifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self.scp: Any = None
-        self.pool: Any = None
-        self.senders: dict[str, Any] = {}
-        self.queue: Any = None
-        self.spool: Any = None
+        self.scp: StorageSCP | None = None
+        self.pool: WorkerPool | None = None
+        self.senders: dict[str, DestinationSender] = {}
+        self.queue: JobQueue | None = None
+        self.spool: Spool | None = None
         # metrics: main-process counters (they outlive a listener moved by a reload and removed senders)
-        from dicom_node.metrics import Counters
-
         self.counters = Counters()
-        self.scanner: Any = None
-        self.metrics_server: Any = None
+        self.scanner: JobStatsScanner | None = None
+        self.metrics_server: MetricsServer | None = None
         self.config_generation = 0
         self.last_reload: tuple[bool, float] | None = None
-        self._retired_senders: list[Any] = []  # removed destinations' senders: their counts stay in the metrics
+        self._retired_senders: list[DestinationSender] = []  # removed destinations' senders: their counts stay in the metrics
         self._pool_view = (0, 0, 0)  # (configured, alive, ready), refreshed by the main thread only
         self._draining = False
         self._started_at = time.time()
-        self.retention: Any = None
-        self._last_usage: Any = None  # retention.SpoolUsage of the last retention pass
+        self.retention: RetentionRunner | None = None
+        self._last_usage: SpoolUsage | None = None  # of the last retention pass
         self._last_retention_at: float | None = None
 
     # -- signals -------------------------------------------------------------------------------------------------
@@ -115,12 +123,6 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from dicom_node.config import summarize
-        from dicom_node.jobqueue import JobQueue
-        from dicom_node.scp import StorageSCP
-        from dicom_node.spool import Spool
-        from dicom_node.workers import WorkerPool
-
         config = self.holder.current
         node = config.node
         storage = node.storage
@@ -157,10 +159,12 @@ class Node:
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
 
-        ready = self.pool.wait_ready(
-            self.ready_timeout_s,
-            between=lambda: (ping(), self._refresh_pool_view(), self._check_stop_during_start()),
-        )
+        def between() -> None:
+            ping()
+            self._refresh_pool_view()
+            self._check_stop_during_start()
+
+        ready = self.pool.wait_ready(self.ready_timeout_s, between=between)
         self._refresh_pool_view()
         if self._stop.is_set():
             return self.shutdown()
@@ -244,8 +248,6 @@ class Node:
     # -- reload --------------------------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        from dicom_node.scp import StorageSCP
-
         old = self.holder.current
         self.notifier.reloading()
         ok, message = self.holder.reload()
@@ -258,8 +260,8 @@ class Node:
         new = self.holder.current
         self.config_generation += 1
         log.info("SIGHUP: %s", message)
+        assert self.pool is not None and self.scp is not None and self.spool is not None and self.queue is not None
         apply_log_level(new.node.log_level)
-        from dicom_node.logsafe import set_debug_phi
 
         set_debug_phi(new.node.debug_phi)
         if new.node.storage != old.node.storage:
@@ -293,11 +295,9 @@ class Node:
     # -- senders -------------------------------------------------------------------------------------------------
 
     def _sync_senders(self) -> None:
-        from dicom_node.outbound import DestinationSender
-
         wanted = set(self.holder.current.destinations)
         for name in sorted(wanted - set(self.senders)):
-            sender = DestinationSender(name, lambda: self.holder.current, lambda: self.queue)
+            sender = DestinationSender(name, lambda: self.holder.current, self._queue)
             sender.start()
             self.senders[name] = sender
         for name in sorted(set(self.senders) - wanted):
@@ -306,6 +306,10 @@ class Node:
             sender = self.senders.pop(name)
             sender.stop(0)
             self._retired_senders.append(sender)  # it may still record its last batch
+
+    def _queue(self) -> JobQueue:
+        assert self.queue is not None, "the queue is opened before the senders start"
+        return self.queue
 
     def _wake_senders(self, destinations: list[str]) -> None:
         for name in destinations:
@@ -325,8 +329,6 @@ class Node:
             self._pool_view = (self.pool.size, self.pool.alive(), self.pool.ready_count())
 
     def _start_metrics(self, node: Any) -> None:
-        from dicom_node.metrics import JobStatsScanner, MetricsServer
-
         if self.scanner is None:
             self.scanner = JobStatsScanner(self.queue)
         if node.metrics_port is None:
@@ -349,10 +351,6 @@ class Node:
 
     def metrics_state(self) -> Any:
         """A ``metrics.NodeState`` of this moment (any thread)."""
-        import shutil
-
-        from dicom_node.metrics import NodeState
-
         config = self.holder.current
         configured, alive, ready = self._pool_view
         scp = self.scp
@@ -393,9 +391,9 @@ class Node:
         )
 
     def render_metrics(self) -> str:
-        from dicom_node.metrics import render
-
-        return render(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
+        if self.scanner is None:
+            self.scanner = JobStatsScanner(self._queue())
+        return render_metrics_text(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
 
     def _extra_gauges(self) -> dict[str, Any]:
         gauges: dict[str, Any] = {
@@ -416,10 +414,8 @@ class Node:
     # -- retention -----------------------------------------------------------------------------------------------
 
     def _start_retention(self) -> None:
-        from dicom_node.jobqueue import JobQueue
-        from dicom_node.retention import RetentionRunner
-
-        db = self.queue.db_path
+        db = self._queue().db_path
+        assert self.spool is not None
         self.retention = RetentionRunner(lambda: self.holder.current, lambda: JobQueue(db), self.spool.root,
                                          on_pass=self._on_retention_pass)
         self.retention.start()
@@ -436,9 +432,7 @@ class Node:
         self._last_retention_at = time.time()
 
     def health(self) -> tuple[bool, str]:
-        from dicom_node.metrics import health
-
-        return health(self.metrics_state())
+        return node_health(self.metrics_state())
 
     def _status_line(self) -> str:
         counts = self.queue.job_counts() if self.queue is not None else {}
@@ -461,8 +455,6 @@ class _StopDuringStart(Exception):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from dicom_node.config import ConfigError, load_config
-
     try:
         config = load_config(args.config, storage_override=args.storage)
     except ConfigError as exc:

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydicom import dcmread
 
@@ -84,7 +84,7 @@ def result_kind(ds: Any) -> str:
 class JobResult:
     """What ``process_job`` decided; ``outbound`` holds ``jobqueue.OutboundItem`` objects."""
 
-    status: str  # done | error | dropped
+    status: Literal["done", "error", "dropped"]
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     outbound: tuple[Any, ...] = ()
@@ -291,6 +291,7 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
             except (EOFError, OSError):  # the main process is gone
                 return
             continue
+        assert obj.job_id is not None  # claimed jobs carry their id
         events.send(("claimed", obj.job_id))
         started = time.monotonic()
         try:
@@ -348,7 +349,7 @@ class WorkerPool:
         self.size = max(1, int(workers))
         self.queue = queue
         self.on_outbound = on_outbound
-        self._ctx = mp.get_context(start_method)
+        self._ctx: Any = mp.get_context(start_method)  # SpawnContext (typeshed's BaseContext lacks Process)
         self._generation = self._ctx.RawValue("i", 0)  # lock-free: a killed worker cannot leave a lock held
         self._slots: dict[int, _Slot] = {}
         self._retiring: list[_Slot] = []

@@ -156,6 +156,19 @@ def test_contexts_set_in_requested_decide_the_negotiation(server_factory: Any) -
     assoc.release()
 
 
+def test_transport_socket_of_a_requestor_is_the_tcp_socket(server_factory: Any) -> None:
+    server, _ = server_factory()
+    seen: list[Any] = []
+    ae = AE(ae_title="SCU")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", server.server_address[1], ae_title="COMPAT",
+                         evt_handlers=[(evt.EVT_CONN_OPEN, lambda event: seen.append(compat.transport_socket(event.assoc)))])
+    assert assoc.is_established
+    (sock,) = seen
+    assert isinstance(sock, socket.socket) and sock.getpeername()[1] == server.server_address[1]
+    assoc.release()
+
+
 def test_a_silent_connection_is_seen_and_closed_before_the_acse_timeout(server_factory: Any) -> None:
     server, created = server_factory(acse_timeout=30.0)
     with socket.create_connection(server.server_address, timeout=10) as bare:
