@@ -222,7 +222,7 @@ def _trt_torch_dtype(trt: Any, torch: Any, dt: Any) -> Any:
 def _make_calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache_file: Path) -> Any:
     """An entropy calibrator feeding preprocessed calibration batches (N, C, H, W float32) from device memory."""
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # TensorRT, when installed
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = batches
@@ -454,7 +454,7 @@ def choose_backend(requested: str, card: ModelCard | None = None) -> tuple[str, 
         aliases = {"onnxruntime": "onnxruntime-cpu"}
         return aliases.get(requested, requested), "requested in the configuration"
     avail = availability(card)
-    skipped = []
+    skipped: list[str] = []
     for name in ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu"):
         if avail[name] is None:
             why = f"auto: {name}" + (f" ({'; '.join(skipped)})" if skipped else " (first choice)")

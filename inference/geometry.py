@@ -226,7 +226,7 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(p).strip().upper() for p in v)
 
 
-def _dominant_axis(v: Sequence[float]) -> tuple[int, float]:
+def _dominant_axis(v: Sequence[float] | np.ndarray) -> tuple[int, float]:
     a = np.abs(np.asarray(v, dtype=float))
     i = int(np.argmax(a))
     return i, float(a[i])
@@ -245,7 +245,7 @@ def _letters_direction(code: str) -> np.ndarray | None:
     return v / n if n > 0 else None
 
 
-def _view_from_normal(normal: Sequence[float]) -> str:
+def _view_from_normal(normal: Sequence[float] | np.ndarray) -> str:
     axis, size = _dominant_axis(normal)
     if size < 0.9:
         return "unknown"

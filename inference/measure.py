@@ -530,7 +530,7 @@ def _collimated_field(ds: Dataset, geom: ImageGeometry) -> tuple[tuple[float, fl
         edges = [ds.get(k) for k in ("CollimatorLeftVerticalEdge", "CollimatorRightVerticalEdge",
                                      "CollimatorUpperHorizontalEdge", "CollimatorLowerHorizontalEdge")]
         if "RECTANGULAR" in shape and all(e is not None and e != "" for e in edges):
-            left, right, upper, lower = (float(e) for e in edges)  # type: ignore[arg-type]
+            left, right, upper, lower = (float(e) for e in edges)
             # 1-based inclusive pixel columns/rows -> SCOORD corners
             x0, x1, y0, y1 = left - 1.0, right, upper - 1.0, lower
             x0, x1 = max(0.0, x0), min(float(geom.columns), x1)
@@ -594,10 +594,10 @@ def combine_views(
     else:  # each localizer's plane gives the isocenter along its beam
         iso = np.array([lg.isocenter[0], fg.isocenter[1], fg.isocenter[2]])
         iso_source = "x = lateral localizer plane, y = frontal localizer plane"
-    for name, g in (("frontal", fg), ("lateral", lg)):
-        dev = np.abs(np.asarray(g.isocenter)[:2] - iso[:2])
+    for name, own in (("frontal", fg.isocenter), ("lateral", lg.isocenter)):
+        dev = np.abs(np.asarray(own)[:2] - iso[:2])
         if np.any(dev > 1.0):
-            notes.append(f"{name} view's own isocenter {tuple(round(v, 1) for v in g.isocenter[:2])} differs from"
+            notes.append(f"{name} view's own isocenter {tuple(round(v, 1) for v in own[:2])} differs from"
                          f" the combined one {tuple(round(float(v), 1) for v in iso[:2])} by up to {dev.max():.1f} mm")
     f_fan = {r.label: r for r in sorted(_fans(frontal), key=lambda r: r.score)}
     l_fan = {r.label: r for r in sorted(_fans(lateral), key=lambda r: r.score)}
@@ -627,8 +627,9 @@ def combine_views(
         lu = (b.u_lo + l_shift, b.u_hi + l_shift)
         model = SILHOUETTE_MODELS.get(label, SilhouetteModel())
         # shadows in LPS terms (x: right..left; y: anterior..posterior), relative to the combined isocenter
-        f_lps = tuple(sorted((fx * fu[0], fx * fu[1])))
-        l_lps = tuple(sorted((ly * lu[0], ly * lu[1])))
+        f_lo, f_hi = sorted((fx * fu[0], fx * fu[1]))
+        l_lo, l_hi = sorted((ly * lu[0], ly * lu[1]))
+        f_lps, l_lps = (f_lo, f_hi), (l_lo, l_hi)
         try:
             (x_lo, x_hi), (y_lo, y_hi) = solve_extent(
                 f_lps, l_lps, frontal_sod_mm=fg.sod_mm if f_ok else None, frontal_source_sign=float(np.sign(sf)) or 1.0,
