@@ -189,10 +189,10 @@ def add_build_engines_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_build_engines(args: argparse.Namespace) -> int:
     """Build (or find cached) TensorRT engines for every configured model; exit 0 when TensorRT/GPU are absent."""
-    from inference.backends import BackendError, TensorRTBackend, availability
+    from inference.backends import BackendError, TensorRTBackend, tensorrt_unavailable
     from inference.modelcard import MODELS_DIR, ModelCardError, load_card
 
-    reason = availability(None)["tensorrt"]
+    reason = tensorrt_unavailable()
     if reason is not None:
         print(f"dicom-node build-engines: nothing to do: {reason} (models will run on another backend)")
         return 0

@@ -422,12 +422,24 @@ def _cuda_via_torch() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def tensorrt_installed() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot build engines here (None: it can). Imports nothing heavy when TensorRT is absent, so
+    ``dicom-node build-engines`` (systemd ExecStartPre) returns at once on CPU-only hosts."""
+    if not tensorrt_installed():
+        return "tensorrt not installed"
+    return None if _cuda_via_torch() else "no CUDA GPU"
+
+
 def availability(card: ModelCard | None = None) -> dict[str, str | None]:
     """Backend -> None when usable here, else the reason it is not (cheap checks; nothing is loaded)."""
     import onnxruntime as ort
 
     out: dict[str, str | None] = {}
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_trt = tensorrt_installed()
     cuda = _cuda_via_torch() if (has_trt or (card is not None and card.torch_weights)) else False
     out["tensorrt"] = (
         None if has_trt and cuda else ("tensorrt not installed" if not has_trt else "no CUDA GPU")

@@ -430,6 +430,7 @@ def assert_fast_equals_reference(src: Dataset, dets, meas, context: ResultContex
         assert_same_document(fast, write(src, dets, meas, context, reference=True))
 
 
+@pytest.mark.slow  # byte-for-byte against the highdicom builder: ~50-90 s; in `make test`, not `make test-fast`
 def test_fast_sr_equals_reference_for_every_real_file(realdata_files: list[Path], realdata_dir: Path) -> None:
     for f in realdata_files:
         src = pydicom.dcmread(f, stop_before_pixels=True)
@@ -438,6 +439,7 @@ def test_fast_sr_equals_reference_for_every_real_file(realdata_files: list[Path]
         assert_fast_equals_reference(src, dets, None)
 
 
+@pytest.mark.slow  # byte-for-byte against the highdicom builder: ~50-90 s; in `make test`, not `make test-fast`
 def test_fast_sr_equals_reference_for_simulated_cases() -> None:
     from inference.measure import measure_image
     from inference.simulator.simulate import simulate_case
@@ -450,6 +452,7 @@ def test_fast_sr_equals_reference_for_simulated_cases() -> None:
         assert_fast_equals_reference(ds, dets, measure_image(ds, dets, pixels=values))
 
 
+@pytest.mark.slow  # byte-for-byte against the highdicom builder: ~50-90 s; in `make test`, not `make test-fast`
 def test_fast_sr_equals_reference_for_edge_cases(realdata_dir: Path) -> None:
     """Unusual inputs: no detection, image quantities beside one region, odd values, a long code value, long and
     non-ASCII text (with and without a Specific Character Set), parameters, a model that is not AI."""

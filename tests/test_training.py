@@ -197,6 +197,7 @@ def _toy_yolo(root: Path, n: int = 12) -> Path:
     return root
 
 
+@pytest.mark.slow  # a real (short) training run with torch: in `make test`, not `make test-fast`
 def test_training_loop_loss_decreases_and_export_loads(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from inference.modelcard import load_card
