@@ -15,6 +15,7 @@ from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import ConfigError, load_config, summarize
 from dicom_node.routing import select_route
+from inference.modelcard import ModelCardError, load_card
 from nodecore.config_schema import OUTPUT_KINDS, NodeConfig
 from nodecore.sopclasses import uid_name
 
@@ -59,10 +60,6 @@ def run_check_config(args: argparse.Namespace) -> int:
 def _card_warnings(config: NodeConfig) -> list[str]:
     """Problems found by loading each model card (a builtin may be installed after the configuration is
     written, so these are warnings) and detector class names the card does not define."""
-    try:
-        from inference.modelcard import ModelCardError, load_card
-    except ImportError as exc:  # a node build without the inference package
-        return [f"model cards not checked ({exc})"]
     warnings: list[str] = []
     class_names: dict[str, set[str]] = {}
     for name, spec in config.models.items():
