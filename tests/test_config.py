@@ -97,9 +97,9 @@ def test_example_commented_cascade_and_calibration_are_valid(tmp_path: Path) -> 
     config = load_config(path)
     assert [r.name for r in config.routes] == ["ct-localizer", "radiograph-out-of-scope", "radiograph", "chest-cascade"]
     assert config.models["chest_gate"].card == str(tmp_path / "models" / "chest_gate.yaml")
-    loc = config.routes[0].pipeline.detectors[0]  # type: ignore[union-attr]
+    loc = config.routes[0].pipeline.detectors[0]
     assert (loc.score_threshold, loc.nms_iou) == (0.3, 0.5)
-    cascade = config.routes[3].pipeline.detectors[0]  # type: ignore[union-attr]
+    cascade = config.routes[3].pipeline.detectors[0]
     assert (cascade.model, cascade.gate, cascade.gate_classes, cascade.gate_threshold) == (
         "reference",
         "chest_gate",

@@ -75,7 +75,7 @@ def test_microbatcher_errors_and_lifecycle() -> None:
 
 
 def test_microbatcher_close_runs_what_is_queued() -> None:
-    mb = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=100, max_wait_ms=60_000)
+    mb: MicroBatcher[int, int] = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=100, max_wait_ms=60_000)
     fut = mb.submit(41)
     mb.close()
     assert fut.result(timeout=5) == 42

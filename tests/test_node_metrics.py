@@ -211,7 +211,7 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def _wait_metric(url: str, predicate, timeout_s: float, what: str) -> dict[Sample, float]:  # type: ignore[no-untyped-def]
+def _wait_metric(url: str, predicate, timeout_s: float, what: str) -> dict[Sample, float]:
     deadline = time.monotonic() + timeout_s
     samples: dict[Sample, float] = {}
     while time.monotonic() < deadline:

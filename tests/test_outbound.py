@@ -168,8 +168,8 @@ def test_sender_backs_off_while_pacs_is_down_then_delivers(
         retries = [r.getMessage() for r in caplog.records if "outbound retry" in r.getMessage()]
         uid0 = str(read_file_meta_info(files[0]).MediaStorageSOPInstanceUID)
         mine = [m for m in retries if uid0 in m]
-        attempts = [int(re.search(r"attempt=(\d+)/100", m).group(1)) for m in mine]  # type: ignore[union-attr]
-        delays = [float(re.search(r"next_try_in=([\d.]+)s", m).group(1)) for m in mine]  # type: ignore[union-attr]
+        attempts = [int(re.search(r"attempt=(\d+)/100", m).group(1)) for m in mine]
+        delays = [float(re.search(r"next_try_in=([\d.]+)s", m).group(1)) for m in mine]
         assert attempts[:4] == [1, 2, 3, 4], mine
         assert delays[:4] == [0.3, 0.6, 1.0, 1.0], mine
         assert all("reason=connection refused" in m and "destination=pacs" in m for m in mine)

@@ -290,7 +290,7 @@ class LabelsPipeline:
 
         self.labels = {i["file"]: i for i in json.loads((realdata / "labels.json").read_text())["images"]}
 
-    def process(self, obj, route):  # type: ignore[no-untyped-def]
+    def process(self, obj, route):
         import pydicom
 
         from dicom_node.pipeline import PipelineOutcome
@@ -334,7 +334,11 @@ def test_worker_writes_results_atomically_and_queues_each_for_each_destination(
     obj = queue.claim_job("test")
     assert obj is not None
     built: list[str] = []
-    pipelines = PipelineCache(config, builder=lambda name, cfg: built.append(name) or LabelsPipeline(realdata_dir))
+    def builder(name: str, cfg: object) -> LabelsPipeline:
+        built.append(name)
+        return LabelsPipeline(realdata_dir)
+
+    pipelines = PipelineCache(config, builder=builder)
     pipelines.build_all()
     result = process_job(obj, config, pipelines, spool)
     assert built == ["decode"]  # built once per configuration, not per job
