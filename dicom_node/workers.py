@@ -210,7 +210,9 @@ def write_handoff(storage: Path, generation: int, config: NodeConfig) -> Path:
     path = handoff_path(storage)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
+    # readable by the node's own user only (workers run as that user); unpickling trusts the storage directory as
+    # the job queue and the spool already do
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
         pickle.dump((generation, config), f, protocol=pickle.HIGHEST_PROTOCOL)
     os.replace(tmp, path)
     return path
