@@ -87,15 +87,16 @@ def clone_with_new_uids(files: list[Path], out: Path, tag: str, copies: int = 1)
     """Copies of ``files`` under new SOP Instance UIDs (derived from the old UID and ``tag``): same pixels, new
     objects for the node (no duplicate handling involved)."""
     from pydicom import dcmread
+    from pydicom.uid import UID
 
-    from dicom_node.uids import derived_uid
+    from nodecore.uids import derived_uid
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for c in range(copies):
         for f in files:
             ds = dcmread(f)
-            uid = derived_uid("bench-e2e", tag, str(c), str(ds.SOPInstanceUID))
+            uid = UID(derived_uid("bench-e2e", tag, str(c), str(ds.SOPInstanceUID)))
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
             path = out / f"{tag}{c}_{f.name}"
             ds.save_as(path, enforce_file_format=True)
@@ -117,6 +118,9 @@ class Receiver:
 
     name = ""
     ae_title = ""
+
+    def start(self) -> None:
+        raise NotImplementedError
 
     def __init__(self, work: Path) -> None:
         self.work = work
@@ -377,7 +381,7 @@ class Sample:
 
 class Measurer:
     def __init__(self, receiver: Receiver, node_port: int, model_version: str, timeout: float) -> None:
-        from dicom_node.uids import result_uids
+        from nodecore.uids import result_uids
 
         self.receiver = receiver
         self.node_port = node_port

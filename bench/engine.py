@@ -80,9 +80,9 @@ def build_convdet(directory: Path, size: int = 256) -> Any:
 
 def bench_one(card: Any, backend: str, batch: int, images: list[tuple[Any, np.ndarray]], iterations: int,
               threads: int) -> dict[str, Any]:  # fmt: skip
-    from dicom_node.config_schema import ModelSpec
     from inference.engine import Detector
     from inference.postprocess import postprocess
+    from nodecore.config_schema import ModelSpec
 
     spec = ModelSpec(name=card.name, card=str(card.path), backend=backend, max_batch=batch,
                      options={"threads": threads})  # fmt: skip

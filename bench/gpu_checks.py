@@ -215,9 +215,9 @@ def speedups(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def end_to_end(card: Any, backend: str, iterations: int) -> dict[str, Any]:
     import pydicom
 
-    from dicom_node.config_schema import ModelSpec
     from inference.engine import Detector
     from inference.preprocessing import stored_pixels
+    from nodecore.config_schema import ModelSpec
 
     files = sorted((ROOT.parent / "shared" / "realdata").glob("loc_*.dcm"))
     if not files:

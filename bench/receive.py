@@ -28,6 +28,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from dicom_node.netutil import free_port, wait_port
 
@@ -60,7 +61,7 @@ def generate(directory: Path, count: int, size: int) -> list[Path]:
     """``count`` DX images ``size`` x ``size`` uint16, explicit VR LE, noisy content, distinct UIDs."""
     import numpy as np
     from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+    from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
     rng = np.random.default_rng(1234)
     base = (np.add.outer(np.arange(size), np.arange(size)) % 4096).astype(np.uint16)
@@ -70,7 +71,7 @@ def generate(directory: Path, count: int, size: int) -> list[Path]:
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds.file_meta.MediaStorageSOPClassUID = DX
+        ds.file_meta.MediaStorageSOPClassUID = UID(DX)
         ds.SOPClassUID = DX
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.StudyInstanceUID = study
@@ -214,10 +215,10 @@ def serve_node(storage: Path, port_file: Path) -> int:
     import logging
     import threading
 
-    from dicom_node.config_schema import NodeConfig, NodeSettings
     from dicom_node.jobqueue import JobQueue
     from dicom_node.scp import StorageSCP
     from dicom_node.spool import Spool
+    from nodecore.config_schema import NodeConfig, NodeSettings
 
     logging.basicConfig(level=logging.WARNING)
     node = NodeSettings(ae_title="BENCHNODE", bind="127.0.0.1", port=0, storage=storage, min_free_disk_mb=256)
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"{len(files) / seconds:6.2f} img/s  peak RSS {rss:6.1f} MiB  CPU {cpu_ms:5.1f} ms/img",
                       flush=True)
                 shutil.rmtree(work, ignore_errors=True)
-        summary = {}
+        summary: dict[str, dict[str, Any]] = {}
         for name, rs in runs.items():
             summary[name] = {
                 "mb_per_s": statistics.median(r["mb_per_s"] for r in rs),

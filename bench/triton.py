@@ -54,8 +54,8 @@ def scouts(tmp: Path, n_sim: int = 4) -> list[Path]:
 
 
 def export(tmp: Path) -> Path:
+    from dicom_node.triton_export import export_model
     from inference.modelcard import load_card
-    from inference.triton_export import export_model
 
     card = load_card("builtin:reference")
     repo = tmp / "repo"
@@ -66,8 +66,8 @@ def export(tmp: Path) -> Path:
 
 def latency(server: Any, files: list[Path], iterations: int) -> dict[str, Any]:
     import pydicom
-
     from dicom_node.config_schema import ModelSpec, TritonSpec
+
     from inference.engine import Detector
     from inference.modelcard import load_card
     from inference.preprocessing import stored_pixels
@@ -128,7 +128,6 @@ routes:
 
 def clones(sources: list[Path], out: Path, tag: str, n: int) -> list[Path]:
     import pydicom
-
     from dicom_node.uids import derived_uid
 
     out.mkdir(parents=True, exist_ok=True)

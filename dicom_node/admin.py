@@ -12,8 +12,16 @@ import json
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
+
+from dicom_node.config import ConfigError, load_config
+from dicom_node.jobqueue import JobQueue
+from dicom_node.outbound import Outcome, echo, parse_peer, store_files
+from dicom_node.retention import spool_usage
+from nodecore.config_schema import Timeouts
+from nodecore.sopclasses import sop_class_name
 
 # ---- storage selection -------------------------------------------------------------------------------------------
 
@@ -24,15 +32,11 @@ def _add_storage_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--storage", type=Path, help="the node's storage directory")
 
 
-def _open_queue(args: argparse.Namespace) -> Any:
+def _open_queue(args: argparse.Namespace) -> JobQueue:
     """The JobQueue of the selected storage; raises SystemExit(2) with a message when there is none."""
-    from dicom_node.jobqueue import JobQueue
-
     if args.storage is not None:
         storage = Path(args.storage)
     else:
-        from dicom_node.config import ConfigError, load_config
-
         try:
             storage = load_config(args.config).node.storage
         except ConfigError as exc:
@@ -105,17 +109,11 @@ def status_report(queue: Any, limit: int, storage: Path | None = None) -> dict[s
         ],
     }
     if storage is not None:
-        from dataclasses import asdict
-
-        from dicom_node.retention import spool_usage
-
         report["spool"] = asdict(spool_usage(storage))
     return report
 
 
 def run_status(args: argparse.Namespace) -> int:
-    from dicom_node.sopclasses import sop_class_name
-
     queue = _open_queue(args)
     report = status_report(queue, args.limit, storage=queue.db_path.parent)
     if args.json:
@@ -179,9 +177,7 @@ def _add_peer_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=30.0, help="network/DIMSE timeout in seconds (default 30)")
 
 
-def _timeouts(seconds: float) -> Any:
-    from dicom_node.config_schema import Timeouts
-
+def _timeouts(seconds: float) -> Timeouts:
     return Timeouts(acse=seconds, dimse=seconds, network=seconds, connection=min(seconds, 10.0))
 
 
@@ -191,8 +187,6 @@ def add_echo_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_echo(args: argparse.Namespace) -> int:
-    from dicom_node.outbound import echo, parse_peer
-
     try:
         dest = parse_peer(args.peer, calling_ae=args.aet)
     except ValueError as exc:
@@ -234,8 +228,6 @@ def iter_files(paths: list[Path]) -> Iterator[Path]:
 
 
 def run_send(args: argparse.Namespace) -> int:
-    from dicom_node.outbound import Outcome, parse_peer, store_files
-
     try:
         dest = parse_peer(args.to, calling_ae=args.aet)
     except ValueError as exc:

@@ -12,21 +12,36 @@ field's unit, a string may name its unit (``"500ms"``, ``"30s"``, ``"5m"``, ``"1
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import math
+import os
 import re
 import socket
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydicom._uid_dict import UID_dictionary
+from pydicom.datadict import keyword_dict
 
-from dicom_node.config_schema import (
+from dicom_node.config_yaml import (
+    ConfigError,
+    ConfigIssue,
+    LocatedList,
+    LocatedMap,
+    check_ae_title,
+    duplicate_keys,
+    parse_yaml,
+    plain,
+    suggestion,
+    type_name,
+)
+from dicom_node.pipeline import PIPELINES
+from dicom_node.routing import compile_match
+from nodecore.config_schema import (
+    MEASUREMENT_OPTION_DEFAULTS,
+    MODEL_BACKENDS,
     OUTPUT_KINDS,
     Caller,
     DefaultAction,
@@ -37,12 +52,21 @@ from dicom_node.config_schema import (
     NodeConfig,
     NodeSettings,
     PipelineSpec,
+    RegionShape,
     RetentionPolicy,
     RetryPolicy,
     Route,
     ScannerCalibration,
+    ScannerGeometry,
     SourceLocation,
     Timeouts,
+    TritonSpec,
+)
+from nodecore.sopclasses import (
+    DEFAULT_SOP_CLASSES,
+    SOP_CLASS_ALIASES,
+    TRANSFER_SYNTAX_ALIASES,
+    resolve_uid,
 )
 
 __all__ = [
@@ -62,245 +86,13 @@ __all__ = [
 ]
 
 
-# --------------------------------------------------------------------------------------------------- errors
-
-
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a configuration file. ``line`` is 1-based (0: the whole file, e.g. it cannot be read)."""
-
-    file: str
-    line: int
-    key: str  # key path, e.g. "routes[1].match.all[0].regex" ("" when not about one key)
-    message: str
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line > 0 else self.file
-        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
-
-
-class ConfigError(Exception):
-    """An invalid configuration. ``errors`` holds every issue found, sorted by line; ``str()`` lists them."""
-
-    def __init__(self, errors: list[ConfigIssue]) -> None:
-        self.errors: list[ConfigIssue] = sorted(errors, key=lambda i: (i.file, i.line))
-        super().__init__("\n".join(str(e) for e in self.errors) or "invalid configuration")
-
-
-def suggestion(word: str, options: Iterable[str]) -> str:
-    """`` (did you mean 'x'?)`` for the closest option, or ``""``."""
-    options = list(options)
-    lowered = {o.lower(): o for o in options}
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.6)
-    if not close and word.lower() in lowered:  # differs only in case
-        close = [lowered[word.lower()]]
-    if not close and len(word) >= 3:  # an abbreviation: "slope" for "slope_mm_per_unit"
-        close = sorted((o for o in options if o.lower().startswith(word.lower())), key=len)[:1]
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
-# ------------------------------------------------------------------------------------------ located YAML
-
-
-class LocatedMap(dict):
-    """A YAML mapping that remembers the 1-based lines of itself, of each key and of each value."""
-
-    def __init__(self, line: int = 0) -> None:
-        super().__init__()
-        self.line = line
-        self.key_lines: dict[Any, int] = {}
-        self.value_lines: dict[Any, int] = {}
-        self.duplicates: list[tuple[Any, int, int]] = []  # (key, line, line of the first occurrence)
-
-    def key_line(self, key: Any) -> int:
-        return self.key_lines.get(key, self.line)
-
-    def value_line(self, key: Any) -> int:
-        return self.value_lines.get(key, self.line)
-
-
-class LocatedList(list):
-    """A YAML sequence that remembers the 1-based lines of itself and of each item."""
-
-    def __init__(self, line: int = 0) -> None:
-        super().__init__()
-        self.line = line
-        self.item_lines: list[int] = []
-
-    def item_line(self, index: int) -> int:
-        return self.item_lines[index] if index < len(self.item_lines) else self.line
-
-
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that builds ``LocatedMap``/``LocatedList`` (which record duplicate keys)."""
-
-
-def _construct_map(loader: _LineLoader, node: yaml.MappingNode) -> LocatedMap:
-    explicit = {id(k) for k, _ in node.value}  # keys written in this mapping (not merged in with <<)
-    loader.flatten_mapping(node)  # YAML merge keys (<<): merged pairs first, so explicit keys override them
-    result = LocatedMap(node.start_mark.line + 1)
-    from_merge: set[Any] = set()
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)
-        try:
-            hash(key)
-        except TypeError:
-            key = str(key)
-        line = key_node.start_mark.line + 1
-        if id(key_node) not in explicit:
-            from_merge.add(key)
-        elif key in result and key not in from_merge:
-            result.duplicates.append((key, line, result.key_lines[key]))
-        else:
-            from_merge.discard(key)
-        result[key] = loader.construct_object(value_node, deep=True)
-        result.key_lines[key] = line
-        result.value_lines[key] = value_node.start_mark.line + 1
-    return result
-
-
-def _construct_seq(loader: _LineLoader, node: yaml.SequenceNode) -> LocatedList:
-    result = LocatedList(node.start_mark.line + 1)
-    for item in node.value:
-        result.append(loader.construct_object(item, deep=True))
-        result.item_lines.append(item.start_mark.line + 1)
-    return result
-
-
-_LineLoader.add_constructor("tag:yaml.org,2002:map", _construct_map)
-_LineLoader.add_constructor("tag:yaml.org,2002:seq", _construct_seq)
-
-
-def _plain(value: Any, memo: dict[int, Any] | None = None) -> Any:
-    """Located containers -> plain dict/list (picklable, no line bookkeeping); YAML aliases stay shared."""
-    memo = {} if memo is None else memo
-    if id(value) in memo:
-        return memo[id(value)]
-    if isinstance(value, dict):
-        memo[id(value)] = out = {}
-        out.update({k: _plain(v, memo) for k, v in value.items()})
-        return out
-    if isinstance(value, list):
-        memo[id(value)] = out_list = []
-        out_list.extend(_plain(v, memo) for v in value)
-        return out_list
-    return value
-
-
-# ------------------------------------------------------------------------------------------ UID aliases
-
-SOP_CLASS_ALIASES: dict[str, str] = {
-    "ct": "1.2.840.10008.5.1.4.1.1.2",  # CT Image Storage
-    "cr": "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography Image Storage
-    "dx": "1.2.840.10008.5.1.4.1.1.1.1",  # Digital X-Ray Image Storage - For Presentation
-    "dx_processing": "1.2.840.10008.5.1.4.1.1.1.1.1",
-    "mg": "1.2.840.10008.5.1.4.1.1.1.2",  # Digital Mammography X-Ray Image Storage - For Presentation
-    "mg_processing": "1.2.840.10008.5.1.4.1.1.1.2.1",
-    "io": "1.2.840.10008.5.1.4.1.1.1.3",  # Digital Intra-Oral X-Ray Image Storage - For Presentation
-    "io_processing": "1.2.840.10008.5.1.4.1.1.1.3.1",
-    "sc": "1.2.840.10008.5.1.4.1.1.7",  # Secondary Capture Image Storage
-}
-
-DEFAULT_SOP_CLASSES: tuple[str, ...] = tuple(
-    SOP_CLASS_ALIASES[a]
-    for a in ("ct", "cr", "dx", "dx_processing", "mg", "mg_processing", "io", "io_processing", "sc")
-)
-
-TRANSFER_SYNTAX_ALIASES: dict[str, str] = {  # the same short names as dicom_node.sopclasses, plus a few
-    "implicit_le": "1.2.840.10008.1.2",
-    "explicit_le": "1.2.840.10008.1.2.1",
-    "deflated_le": "1.2.840.10008.1.2.1.99",
-    "explicit_be": "1.2.840.10008.1.2.2",
-    "jpeg_baseline": "1.2.840.10008.1.2.4.50",
-    "jpeg_extended": "1.2.840.10008.1.2.4.51",
-    "jpeg_lossless": "1.2.840.10008.1.2.4.57",
-    "jpeg_lossless_sv1": "1.2.840.10008.1.2.4.70",
-    "jpegls_lossless": "1.2.840.10008.1.2.4.80",
-    "jpegls_near_lossless": "1.2.840.10008.1.2.4.81",
-    "jpeg2000_lossless": "1.2.840.10008.1.2.4.90",
-    "jpeg2000": "1.2.840.10008.1.2.4.91",
-    "htj2k_lossless": "1.2.840.10008.1.2.4.201",
-    "htj2k": "1.2.840.10008.1.2.4.203",
-    "rle": "1.2.840.10008.1.2.5",
-}
-
-_UID_RE = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-_KEYWORD_TO_UID: dict[str, tuple[str, str]] = {v[4]: (uid, v[1]) for uid, v in UID_dictionary.items() if v[4]}
-
-
-def resolve_uid(text: str, kind: str) -> str:
-    """A UID from an alias, a pydicom keyword or a UID; ``kind`` is "SOP Class" or "Transfer Syntax".
-
-    Raises ValueError with a precise message (and a suggestion) when ``text`` is none of these.
-    """
-    aliases = SOP_CLASS_ALIASES if kind == "SOP Class" else TRANSFER_SYNTAX_ALIASES
-    if text.lower() in aliases:
-        return aliases[text.lower()]
-    if text in _KEYWORD_TO_UID:
-        uid, uid_type = _KEYWORD_TO_UID[text]
-        if uid_type != kind:
-            raise ValueError(f"{text!r} is a {uid_type}, not a {kind}")
-        return uid
-    if _UID_RE.match(text):
-        if len(text) > 64:
-            raise ValueError(f"UID {text!r} is longer than 64 characters")
-        known = UID_dictionary.get(text)
-        if known and known[1] != kind:
-            raise ValueError(f"{text} is a {known[1]} ({known[0]}), not a {kind}")
-        return text  # unknown but well-formed: e.g. a private SOP class
-    keywords = [k for k, (_, t) in _KEYWORD_TO_UID.items() if t == kind]
-    lowered = {k.lower(): k for k in keywords}
-    if text.lower() in lowered:
-        return _KEYWORD_TO_UID[lowered[text.lower()]][0]
-    hint = suggestion(text, [*aliases, *keywords])
-    raise ValueError(
-        f"unknown {kind} {text!r}{hint}: use an alias ({', '.join(aliases)}), a keyword or a UID"
-    )
-
-
 # ------------------------------------------------------------------------------------------ validation
 
-_AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM default repertoire without backslash and controls
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|min|h)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
-# Keep in step with inference.backends.BACKENDS (tests/test_config.py checks it).
-_BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu", "torch-cuda",
-             "triton")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BAD = object()  # marker: the value was invalid (already reported)
-
-
-def _type_name(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int):
-        return "integer"
-    if isinstance(value, float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict):
-        return "mapping"
-    if isinstance(value, list):
-        return "list"
-    return type(value).__name__
-
-
-def check_ae_title(value: Any) -> str:
-    """A valid AE title (1-16 characters of the DICOM default repertoire, no backslash or controls), stripped."""
-    if not isinstance(value, str):
-        raise ValueError(f"expected an AE title string, got {_type_name(value)}")
-    stripped = value.strip(" ")
-    if not stripped:
-        raise ValueError("AE title must not be empty or all spaces")
-    if len(value) > 16:
-        raise ValueError(f"AE title {value!r} is {len(value)} characters long (at most 16)")
-    if not _AE_CHARS.match(value):
-        raise ValueError(f"AE title {value!r} contains a backslash or a control character")
-    return stripped
 
 
 class _Validator:
@@ -324,8 +116,8 @@ class _Validator:
         if key not in parent or parent[key] is None:
             return None
         value = parent[key]
-        if not isinstance(value, dict):
-            self.err(parent.value_line(key), path, f"expected a mapping, got {_type_name(value)}")
+        if not isinstance(value, LocatedMap):
+            self.err(parent.value_line(key), path, f"expected a mapping, got {type_name(value)}")
             return None
         self.known_keys(value, path, allowed)
         return value
@@ -336,7 +128,7 @@ class _Validator:
         allowed = list(allowed)
         for key in m:
             if not isinstance(key, str):
-                self.err(m.key_line(key), path, f"keys must be strings, got {_type_name(key)} {key!r}")
+                self.err(m.key_line(key), path, f"keys must be strings, got {type_name(key)} {key!r}")
             elif key not in allowed:
                 where = f"{path}.{key}" if path else key
                 self.err(m.key_line(key), where, f"unknown key {key!r}{suggestion(key, allowed)}")
@@ -358,7 +150,7 @@ class _Validator:
 
 def _to_str(value: Any) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_type_name(value)} {value!r} (quote it)")
+        raise ValueError(f"expected a string, got {type_name(value)} {value!r} (quote it)")
     if not value.strip():
         raise ValueError("must not be empty")
     if any(ord(c) < 0x20 for c in value):
@@ -368,14 +160,14 @@ def _to_str(value: Any) -> str:
 
 def _to_bool(value: Any) -> bool:
     if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {_type_name(value)} {value!r}")
+        raise ValueError(f"expected true or false, got {type_name(value)} {value!r}")
     return value
 
 
 def _to_int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
     def convert(value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ValueError(f"expected an integer, got {_type_name(value)} {value!r}")
+            raise ValueError(f"expected an integer, got {type_name(value)} {value!r}")
         if value < lo or (hi is not None and value > hi):
             raise ValueError(
                 f"{value} is out of range ({lo}-{hi})" if hi is not None else f"{value} is below {lo}"
@@ -387,7 +179,7 @@ def _to_int(lo: int, hi: int | None = None) -> Callable[[Any], int]:
 
 def _number(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"expected a number, got {_type_name(value)} {value!r}")
+        raise ValueError(f"expected a number, got {type_name(value)} {value!r}")
     if not math.isfinite(value):
         raise ValueError(f"{value} is not a finite number")
     return float(value)
@@ -422,7 +214,7 @@ def _to_duration(unit: str, *, allow_zero: bool = False) -> Callable[[Any], floa
             except ValueError:
                 raise ValueError(
                     f"expected a duration (a number of {'seconds' if unit == 's' else 'milliseconds'}, "
-                    f"or a string like '30s'), got {_type_name(value)} {value!r}"
+                    f"or a string like '30s'), got {type_name(value)} {value!r}"
                 ) from None
         if amount < 0 or (amount == 0 and not allow_zero):
             raise ValueError(f"duration {value!r} must be {'>= 0' if allow_zero else '> 0'}")
@@ -433,7 +225,7 @@ def _to_duration(unit: str, *, allow_zero: bool = False) -> Callable[[Any], floa
 
 def _to_port(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"expected a TCP port number, got {_type_name(value)} {value!r}")
+        raise ValueError(f"expected a TCP port number, got {type_name(value)} {value!r}")
     if not 1 <= value <= 65535:
         raise ValueError(f"port {value} is out of range (1-65535)")
     return value
@@ -444,7 +236,7 @@ def _to_choice(choices: Iterable[str], *, upper: bool = False) -> Callable[[Any]
 
     def convert(value: Any) -> str:
         if not isinstance(value, str):
-            raise ValueError(f"expected one of {', '.join(options)}, got {_type_name(value)} {value!r}")
+            raise ValueError(f"expected one of {', '.join(options)}, got {type_name(value)} {value!r}")
         text = value.upper() if upper else value
         if text not in options:
             raise ValueError(f"{value!r} is not one of {', '.join(options)}{suggestion(text, options)}")
@@ -484,6 +276,121 @@ def _resolve_host(name: str) -> str:
     return (v4 or addresses)[0]
 
 
+# ------------------------------------------------------------------------------------------ typed keys
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key of a checked mapping: ``convert`` turns the YAML value into the typed one or raises ValueError with
+    the message (reported as ``file:line: path.key: message``); ``required`` keys must be present.
+
+    To add a key to a section checked this way, add one ``Key`` to its table (``model_option_keys()``,
+    ``SCANNER_GEOMETRY_KEYS``, ``MEASUREMENT_OPTIONS``, ...): unknown keys, "did you mean", types and ranges follow.
+    """
+
+    convert: Callable[[Any], Any]
+    required: bool = False
+    help: str = ""
+    # for values that report their own errors with their own lines: called as
+    # ``located(validator, parent, key, path)`` instead of ``convert``, returns the value or _BAD
+    located: Callable[[_Validator, LocatedMap, str, str], Any] | None = None
+
+
+def _checked_mapping(v: _Validator, raw: Any, line: int, path: str, keys: Mapping[str, Key]) -> Any:
+    """``{key: typed value}`` of the keys present in ``raw`` (every unknown, missing or invalid key reported), or
+    ``_BAD`` when anything was wrong."""
+    if not isinstance(raw, LocatedMap):
+        v.err(line, path, f"expected a mapping ({', '.join(keys)}), got {type_name(raw)}")
+        return _BAD
+    before = len(v.issues)
+    v.known_keys(raw, path, keys, required=[k for k, spec in keys.items() if spec.required])
+    out: dict[str, Any] = {}
+    for name, spec in keys.items():
+        if name not in raw:
+            continue
+        if spec.located is not None:
+            value = spec.located(v, raw, name, path)
+        else:
+            value = v.value(raw, name, path, _BAD, spec.convert)
+        if value is not _BAD:
+            out[name] = value
+    return _BAD if len(v.issues) > before else out
+
+
+def _to_positive_mm(value: Any) -> float:
+    return _to_float(0.0, lo_open=True)(value)
+
+
+def _dicom_match(v: _Validator, parent: LocatedMap, key: str, path: str) -> Any:
+    """``{DICOM keyword: value}`` naming a scanner (``nodecore.scanners``): keywords checked, values non-empty."""
+    cond, where = parent[key], f"{path}.{key}"
+    if not isinstance(cond, LocatedMap) or not cond:
+        v.err(parent.value_line(key), where, "expected a non-empty mapping of attribute keyword -> value")
+        return _BAD
+    out: dict[str, str] = {}
+    for name, wanted in cond.items():
+        kpath = f"{where}.{name}"
+        if not isinstance(name, str) or name not in keyword_dict:
+            v.err(cond.key_line(name), kpath, f"unknown DICOM keyword {name!r}{suggestion(str(name), keyword_dict)}")
+        elif isinstance(wanted, bool) or not isinstance(wanted, str | int | float):
+            v.err(cond.value_line(name), kpath, f"expected a string value, got {type_name(wanted)} (quote it)")
+        elif not str(wanted).strip():
+            v.err(cond.value_line(name), kpath, "must not be empty (an image without the attribute never matches)")
+        else:
+            out[name] = str(wanted)
+    return out if len(out) == len(cond) else _BAD
+
+
+def _to_device(value: Any) -> str:
+    text = _to_str(value).strip()
+    if not re.match(r"^(cpu|cuda(:[0-9]+)?)$", text):
+        raise ValueError(f"{text!r} is not a torch device (cpu, cuda, cuda:N)")
+    return text
+
+
+def _to_path_text(v: _Validator) -> Callable[[Any], str]:
+    return lambda value: str(_path(v, value))
+
+
+def model_option_keys(v: _Validator) -> dict[str, Key]:
+    """Backend options of ``models.<name>.options`` (inference.backends.open_backend, inference.engine)."""
+    return {
+        "threads": Key(_to_int(1, 1024), help="CPU threads of the ONNX Runtime / torch session"),
+        "precision": Key(_to_choice(("fp16", "fp32", "int8")), help="TensorRT engine precision"),
+        "opt_batch": Key(_to_int(1, 1024), help="TensorRT optimisation profile batch size"),
+        "engine_cache": Key(_to_path_text(v), help="TensorRT engine cache directory"),
+        "calibration": Key(_to_path_text(v), help="folder of DICOM files for int8 calibration"),
+        "workspace_mb": Key(_to_int(16, 1 << 20), help="TensorRT builder workspace"),
+        "device": Key(_to_device, help="torch device"),
+        "fp16": Key(_to_bool, help="torch half precision"),
+        "micro_batching": Key(_to_bool, help="batch concurrent requests (inference.engine.MicroBatcher)"),
+    }
+
+
+SCANNER_GEOMETRY_KEYS: dict[str, Key] = {
+    "match": Key(str, required=True, located=_dicom_match),
+    "sod_mm": Key(_to_positive_mm, help="source to isocenter distance"),
+    "sid_mm": Key(_to_positive_mm, help="source to detector distance"),
+    "frontal_view_position": Key(_to_choice(("AP", "PA"), upper=True)),
+    "lateral_view_position": Key(_to_choice(("LL", "RL"), upper=True)),
+}
+REGION_SHAPE_KEYS: dict[str, Key] = {
+    "density": Key(_to_float(0.0, lo_open=True)),
+    "centre_fraction": Key(_to_float(0.0, 1.0)),
+    "aspect": Key(_to_float(0.0, lo_open=True)),
+    "posterior_mm": Key(lambda x: None if x is None else _to_float(0.0)(x)),
+    "bone_wepl_mm": Key(_to_float(0.0)),
+}
+_NON_NEGATIVE = _to_float(0.0)
+MEASUREMENT_OPTIONS: dict[str, Key] = {
+    **{name: Key(_NON_NEGATIVE) for name in MEASUREMENT_OPTION_DEFAULTS},
+    "central_fraction": Key(_to_float(0.0, 0.5, lo_open=True)),
+    # typed sections of their own (MeasurementSettings.scanner_geometry / region_model), checked separately
+    "scanner_geometry": Key(lambda x: x),
+    "region_model": Key(lambda x: x),
+}
+
+
 # ------------------------------------------------------------------------------------------ sections
 
 _NODE_KEYS = [f.name for f in fields(NodeSettings)]
@@ -506,14 +413,14 @@ def _str_list(v: _Validator, parent: LocatedMap, key: str, path: str) -> list[tu
     where = f"{path}.{key}" if path else key
     if isinstance(raw, str):
         return [(raw, parent.value_line(key), where)]
-    if not isinstance(raw, list):
-        v.err(parent.value_line(key), where, f"expected a list, got {_type_name(raw)}")
+    if not isinstance(raw, LocatedList):
+        v.err(parent.value_line(key), where, f"expected a list, got {type_name(raw)}")
         return None
     out = []
     for i, item in enumerate(raw):
         line = raw.item_line(i) if isinstance(raw, LocatedList) else parent.value_line(key)
         if not isinstance(item, str) or not item.strip():
-            v.err(line, f"{where}[{i}]", f"expected a non-empty string, got {_type_name(item)} {item!r}")
+            v.err(line, f"{where}[{i}]", f"expected a non-empty string, got {type_name(item)} {item!r}")
             continue
         out.append((item, line, f"{where}[{i}]"))
     return out
@@ -565,17 +472,17 @@ def _build_callers(v: _Validator, node: LocatedMap) -> tuple[Caller, ...]:
     if "allowed_callers" not in node or node["allowed_callers"] is None:
         return ()
     raw = node["allowed_callers"]
-    if not isinstance(raw, list):
+    if not isinstance(raw, LocatedList):
         v.err(
             node.value_line("allowed_callers"),
             "node.allowed_callers",
-            f"expected a list, got {_type_name(raw)}",
+            f"expected a list, got {type_name(raw)}",
         )
         return ()
     callers = []
     for i, item in enumerate(raw):
         line, path = raw.item_line(i), f"node.allowed_callers[{i}]"
-        if isinstance(item, dict):
+        if isinstance(item, LocatedMap):
             v.known_keys(item, path, ["ae_title", "host"], required=["ae_title"])
             ae = v.value(item, "ae_title", path, _BAD, check_ae_title)
             host = v.value(item, "host", path, None, lambda x: _resolve_host(_to_host(x)))
@@ -657,8 +564,8 @@ def _named_mapping(v: _Validator, top: LocatedMap, key: str) -> list[tuple[str, 
     if key not in top or top[key] is None:
         return []
     raw = top[key]
-    if not isinstance(raw, dict):
-        v.err(top.value_line(key), key, f"expected a mapping of name -> settings, got {_type_name(raw)}")
+    if not isinstance(raw, LocatedMap):
+        v.err(top.value_line(key), key, f"expected a mapping of name -> settings, got {type_name(raw)}")
         return []
     out = []
     for name, body in raw.items():
@@ -666,8 +573,8 @@ def _named_mapping(v: _Validator, top: LocatedMap, key: str) -> list[tuple[str, 
         if not isinstance(name, str) or not _NAME_RE.match(name):
             v.err(raw.key_line(name), path, f"invalid name {name!r} (letters, digits, '_', '.', '-')")
             continue
-        if not isinstance(body, dict):
-            v.err(raw.value_line(name), path, f"expected a mapping, got {_type_name(body)}")
+        if not isinstance(body, LocatedMap):
+            v.err(raw.value_line(name), path, f"expected a mapping, got {type_name(body)}")
             continue
         out.append((name, body, path))
     return out
@@ -744,10 +651,10 @@ def _options(v: _Validator, body: LocatedMap, path: str) -> dict[str, Any]:
     if "options" not in body or body["options"] is None:
         return {}
     raw = body["options"]
-    if not isinstance(raw, dict):
-        v.err(body.value_line("options"), f"{path}.options", f"expected a mapping, got {_type_name(raw)}")
+    if not isinstance(raw, LocatedMap):
+        v.err(body.value_line("options"), f"{path}.options", f"expected a mapping, got {type_name(raw)}")
         return {}
-    return _plain(raw)
+    return plain(raw)
 
 
 def _build_models(v: _Validator, top: LocatedMap) -> dict[str, ModelSpec]:
@@ -756,23 +663,32 @@ def _build_models(v: _Validator, top: LocatedMap) -> dict[str, ModelSpec]:
         v.known_keys(body, path, _MODEL_KEYS, required=["card"])
         d = ModelSpec(name, "")
         card = v.value(body, "card", path, _BAD, _to_card(v))
-        backend = v.value(body, "backend", path, d.backend, _to_choice(_BACKENDS))
+        backend = v.value(body, "backend", path, d.backend, _to_choice(MODEL_BACKENDS))
         max_batch = v.value(body, "max_batch", path, d.max_batch, _to_int(1, 1024))
         max_wait = v.value(body, "max_wait_ms", path, d.max_wait_ms, _to_duration("ms", allow_zero=True))
-        options = _options(v, body, path)
-        from dicom_node.config_triton import build_triton  # the triton section, in its own module
-
-        triton = build_triton(v, body, path, name, backend)
-        if _BAD in (card, backend, max_batch, max_wait, triton):
+        options = _build_model_options(v, body, path)
+        triton = build_triton(v, body, path, name, backend)  # the triton section, in its own module
+        if _BAD in (card, backend, max_batch, max_wait, options, triton):
             continue
         out[name] = ModelSpec(name, card, backend, max_batch, max_wait, options, v.loc(body.line), triton)
     # a model that is declared but invalid is still a known name (avoid cascades of "unknown model" errors)
     return out
 
 
+def _build_model_options(v: _Validator, body: LocatedMap, path: str) -> Any:
+    if body.get("options") is None:
+        return {}
+    options = _checked_mapping(v, body["options"], body.value_line("options"), f"{path}.options", model_option_keys(v))
+    if options is not _BAD and options.get("precision") == "int8" and "calibration" not in options:
+        v.err(body["options"].value_line("precision"), f"{path}.options.precision",
+              "int8 needs options.calibration (a folder of representative DICOM files)")
+        return _BAD
+    return options
+
+
 def _declared(top: LocatedMap, key: str) -> set[str]:
     raw = top.get(key)
-    return {k for k in raw if isinstance(k, str)} if isinstance(raw, dict) else set()
+    return {k for k in raw if isinstance(k, str)} if isinstance(raw, LocatedMap) else set()
 
 
 def _check_refs(
@@ -794,8 +710,8 @@ def _build_detectors(
 ) -> tuple[DetectorSpec, ...]:
     if raw is None:
         return ()
-    if not isinstance(raw, list):
-        v.err(line, path, f"expected a list of detectors, got {_type_name(raw)}")
+    if not isinstance(raw, LocatedList):
+        v.err(line, path, f"expected a list of detectors, got {type_name(raw)}")
         return ()
     out = []
     for i, item in enumerate(raw):
@@ -804,11 +720,11 @@ def _build_detectors(
             item_map = LocatedMap(iline)
             item_map["model"] = item
             item = item_map
-        if not isinstance(item, dict):
+        if not isinstance(item, LocatedMap):
             v.err(
                 iline,
                 ipath,
-                f"expected a mapping (model, score_threshold, ...) or a model name, got {_type_name(item)}",
+                f"expected a mapping (model, score_threshold, ...) or a model name, got {type_name(item)}",
             )
             continue
         v.known_keys(item, ipath, _DETECTOR_KEYS, required=["model"])
@@ -870,19 +786,17 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
         )
         return _BAD
     raw, line, ppath = route["pipeline"], route.value_line("pipeline"), f"{path}.pipeline"
-    from dicom_node.pipeline import PIPELINES  # the registry of pipeline names
-
     if raw is None or (isinstance(raw, str) and raw.strip().lower() == "none"):
         return None
     if isinstance(raw, str):
         body = LocatedMap(line)
         body["name"] = raw
         raw = body
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(
             line,
             ppath,
-            f"expected a pipeline mapping (name, detectors, options) or none, got {_type_name(raw)}",
+            f"expected a pipeline mapping (name, detectors, options) or none, got {type_name(raw)}",
         )
         return _BAD
     v.known_keys(raw, ppath, _PIPELINE_KEYS)
@@ -906,22 +820,20 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
 def _build_routes(
     v: _Validator, top: LocatedMap, destinations: dict[str, Destination], models: dict[str, ModelSpec]
 ) -> tuple[Route, ...]:
-    from dicom_node.routing import compile_match  # routing imports this module: import here, not at the top
-
     if "routes" not in top or top["routes"] is None:
         return ()
     raw = top["routes"]
-    if not isinstance(raw, list):
-        v.err(top.value_line("routes"), "routes", f"expected a list of routes, got {_type_name(raw)}")
+    if not isinstance(raw, LocatedList):
+        v.err(top.value_line("routes"), "routes", f"expected a list of routes, got {type_name(raw)}")
         return ()
     declared_dest, declared_models = _declared(top, "destinations"), _declared(top, "models")
     seen: dict[str, int] = {}
     routes = []
     for i, body in enumerate(raw):
         path, line = f"routes[{i}]", raw.item_line(i)
-        if not isinstance(body, dict):
+        if not isinstance(body, LocatedMap):
             v.err(
-                line, path, f"expected a route mapping (name, match, pipeline, ...), got {_type_name(body)}"
+                line, path, f"expected a route mapping (name, match, pipeline, ...), got {type_name(body)}"
             )
             continue
         v.known_keys(body, path, _ROUTE_KEYS, required=["name", "match"])
@@ -936,7 +848,7 @@ def _build_routes(
                 )
             else:
                 seen[name] = body.value_line("name")
-        matcher = _BAD
+        matcher: Any = _BAD
         if "match" in body:
             before = len(v.issues)
             matcher = compile_match(
@@ -999,11 +911,11 @@ def _build_default(v: _Validator, top: LocatedMap, destinations: dict[str, Desti
         body = LocatedMap(top.value_line("default"))
         body["action"] = raw
         raw = body
-    if not isinstance(raw, dict):
+    if not isinstance(raw, LocatedMap):
         v.err(
             top.value_line("default"),
             "default",
-            f"expected a mapping (action, destinations), got {_type_name(raw)}",
+            f"expected a mapping (action, destinations), got {type_name(raw)}",
         )
         return DefaultAction()
     v.known_keys(raw, "default", ["action", "destinations"])
@@ -1020,61 +932,68 @@ def _build_default(v: _Validator, top: LocatedMap, destinations: dict[str, Desti
 
 
 def _build_measurement(v: _Validator, top: LocatedMap) -> MeasurementSettings:
-    from pydicom.datadict import keyword_dict
-
+    """``measurement``: scanner calibrations, and ``options`` (numeric knobs, ``scanner_geometry``,
+    ``region_model``), every key typed and checked: these settings change reported millimetres and doses."""
     section = v.section(top, "measurement", "measurement", ["scanner_calibrations", "options"])
     if section is None:
         return MeasurementSettings()
     calibrations = []
-    raw = section.get("scanner_calibrations")
-    if raw is not None and not isinstance(raw, list):
-        v.err(
-            section.value_line("scanner_calibrations"),
-            "measurement.scanner_calibrations",
-            f"expected a list, got {_type_name(raw)}",
-        )
-        raw = None
-    for i, item in enumerate(raw or []):
-        path, line = f"measurement.scanner_calibrations[{i}]", raw.item_line(i)
-        if not isinstance(item, dict):
-            v.err(
-                line, path, f"expected a mapping (match, slope_mm_per_unit, offset), got {_type_name(item)}"
-            )
+    for item, line, path in _checked_list(v, section, "scanner_calibrations", "measurement"):
+        values = _checked_mapping(v, item, line, path, {
+            "match": Key(str, required=True, located=_dicom_match),
+            "slope_mm_per_unit": Key(_to_float(0.0, lo_open=True), required=True),
+            "offset": Key(_to_float()),
+        })
+        if values is not _BAD:
+            calibrations.append(ScannerCalibration(source=v.loc(item.line), **values))
+    options = section.get("options")
+    if options is None:
+        return MeasurementSettings(tuple(calibrations))
+    checked = _checked_mapping(v, options, section.value_line("options"), "measurement.options", MEASUREMENT_OPTIONS)
+    if not isinstance(options, LocatedMap):
+        return MeasurementSettings(tuple(calibrations))
+    geometry = []
+    for item, line, path in _checked_list(v, options, "scanner_geometry", "measurement.options"):
+        values = _checked_mapping(v, item, line, path, SCANNER_GEOMETRY_KEYS)
+        if values is _BAD:
             continue
-        v.known_keys(
-            item, path, ["match", "slope_mm_per_unit", "offset"], required=["match", "slope_mm_per_unit"]
-        )
-        match: dict[str, str] = {}
-        cond = item.get("match")
-        if "match" in item and not (isinstance(cond, dict) and cond):
-            v.err(
-                item.value_line("match"),
-                f"{path}.match",
-                "expected a non-empty mapping of attribute keyword -> value",
-            )
-        elif isinstance(cond, dict):
-            for key, value in cond.items():
-                kpath = f"{path}.match.{key}"
-                if not isinstance(key, str) or key not in keyword_dict:
-                    v.err(
-                        cond.key_line(key),
-                        kpath,
-                        f"unknown DICOM keyword {key!r}{suggestion(str(key), keyword_dict)}",
-                    )
-                elif isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                    v.err(
-                        cond.value_line(key),
-                        kpath,
-                        f"expected a string value, got {_type_name(value)} (quote it)",
-                    )
-                else:
-                    match[key] = str(value)
-        slope = v.value(item, "slope_mm_per_unit", path, _BAD, _to_float(0.0, lo_open=True))
-        offset = v.value(item, "offset", path, 0.0, _to_float())
-        if _BAD in (slope, offset) or len(match) != len(cond or {}):
+        sod, sid = values.get("sod_mm"), values.get("sid_mm")
+        if sod is not None and sid is not None and sod >= sid:
+            v.err(item.value_line("sod_mm"), f"{path}.sod_mm",
+                  f"{sod:g} mm is not below sid_mm ({sid:g} mm): the source is closer to the isocenter than to the "
+                  "detector")
             continue
-        calibrations.append(ScannerCalibration(match, slope, offset, v.loc(item.line)))
-    return MeasurementSettings(tuple(calibrations), _options(v, section, "measurement"))
+        if len(values) == 1:
+            v.err(item.line, path, "names a scanner but sets nothing (sod_mm, sid_mm, frontal_view_position, "
+                  "lateral_view_position)")
+            continue
+        geometry.append(ScannerGeometry(source=v.loc(item.line), **values))
+    region_model: dict[str, RegionShape] = {}
+    raw_model = options.get("region_model")
+    if raw_model is not None:
+        if not isinstance(raw_model, LocatedMap):
+            v.err(options.value_line("region_model"), "measurement.options.region_model",
+                  f"expected a mapping of region label -> shape, got {type_name(raw_model)}")
+        else:
+            for label, shape in raw_model.items():
+                path = f"measurement.options.region_model.{label}"
+                values = _checked_mapping(v, shape, raw_model.value_line(label), path, REGION_SHAPE_KEYS)
+                if values is not _BAD:
+                    region_model[str(label).upper()] = RegionShape(**values)
+    numbers = {} if checked is _BAD else {k: val for k, val in checked.items() if k in MEASUREMENT_OPTION_DEFAULTS}
+    return MeasurementSettings(tuple(calibrations), tuple(geometry), region_model, numbers)
+
+
+def _checked_list(v: _Validator, parent: LocatedMap, key: str, path: str) -> list[tuple[Any, int, str]]:
+    """[(item, line, item path)] of the list under ``key`` (absent or null: none; not a list: reported)."""
+    raw = parent.get(key)
+    if raw is None:
+        return []
+    where = f"{path}.{key}"
+    if not isinstance(raw, LocatedList):
+        v.err(parent.value_line(key), where, f"expected a list, got {type_name(raw)}")
+        return []
+    return [(item, raw.item_line(i), f"{where}[{i}]") for i, item in enumerate(raw)]
 
 
 def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path | None) -> NodeConfig:
@@ -1083,8 +1002,8 @@ def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path |
             1, "", "the configuration is empty (expected a mapping with node, destinations, models, routes)"
         )
         raise ConfigError(v.issues)
-    if not isinstance(data, dict):
-        v.err(getattr(data, "line", 1) or 1, "", f"the top level must be a mapping, got {_type_name(data)}")
+    if not isinstance(data, LocatedMap):
+        v.err(getattr(data, "line", 1) or 1, "", f"the top level must be a mapping, got {type_name(data)}")
         raise ConfigError(v.issues)
     v.known_keys(data, "", [*_TOP_KEYS, *(k for k in data if isinstance(k, str) and k.startswith("x-"))])
     node = _build_node(v, data, storage_override)
@@ -1106,55 +1025,13 @@ def _build(v: _Validator, data: Any, path: Path | None, storage_override: Path |
     )
 
 
-def _parse_yaml(v: _Validator, text: str) -> Any:
-    loader = _LineLoader(text)
-    try:
-        data = loader.get_single_data()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        detail = exc.problem or exc.context or "invalid YAML"
-        if exc.context and exc.problem:
-            started = f" started at line {exc.context_mark.line + 1}" if exc.context_mark else ""
-            detail += f" ({exc.context}{started})"
-        v.err(mark.line + 1 if mark else 0, "", f"YAML syntax error: {detail}")
-        raise ConfigError(v.issues) from None
-    except yaml.YAMLError as exc:
-        v.err(0, "", f"YAML error: {exc}")
-        raise ConfigError(v.issues) from None
-    finally:
-        loader.dispose()
-    _report_duplicates(v, data, "")
-    return data
-
-
-def _report_duplicates(v: _Validator, value: Any, path: str, seen: set[int] | None = None) -> None:
-    """Report duplicate mapping keys anywhere in the document (YAML would silently keep the last one).
-
-    Each container is visited once, so YAML aliases cannot blow the walk up ("billion laughs").
-    """
-    seen = set() if seen is None else seen
-    if id(value) in seen:
-        return
-    if isinstance(value, LocatedMap):
-        seen.add(id(value))
-        for key, line, first in value.duplicates:
-            v.err(
-                line, f"{path}.{key}" if path else str(key), f"duplicate key {key!r} (first at line {first})"
-            )
-        for key, item in value.items():
-            _report_duplicates(v, item, f"{path}.{key}" if path else str(key), seen)
-    elif isinstance(value, list):
-        seen.add(id(value))
-        for i, item in enumerate(value):
-            _report_duplicates(v, item, f"{path}[{i}]", seen)
-
-
 def parse_config_text(
     text: str, filename: str = "<string>", *, storage_override: Path | None = None
 ) -> NodeConfig:
     """Validate YAML ``text``; relative paths are relative to the current directory. Raises ConfigError."""
     v = _Validator(filename, Path.cwd())
-    data = _parse_yaml(v, text)
+    data = parse_yaml(text, v.file)
+    v.issues.extend(duplicate_keys(data, v.file))
     return _build(v, data, None, storage_override)
 
 
@@ -1168,7 +1045,8 @@ def load_config(path: str | Path, *, storage_override: Path | None = None) -> No
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
         raise ConfigError([ConfigIssue(name, 0, "", f"cannot read configuration file: {reason}")]) from None
     v = _Validator(name, file.resolve().parent)
-    data = _parse_yaml(v, text)
+    data = parse_yaml(text, v.file)
+    v.issues.extend(duplicate_keys(data, v.file))
     return _build(v, data, file.resolve(), storage_override)
 
 
@@ -1178,7 +1056,7 @@ def summarize(config: NodeConfig) -> str:
     def n(count: int, word: str) -> str:
         return f"{count} {word}{'' if count == 1 else 's'}"
 
-    default = config.default.action
+    default: str = config.default.action
     if default == "forward":
         default += " to " + ", ".join(config.default.destinations)
     return (
@@ -1224,3 +1102,113 @@ class ConfigHolder:
         changed = changed_node_settings(old, new)
         note = f"; node settings changed: {', '.join(changed)}" if changed else ""
         return True, f"reloaded {self._path}: {summarize(new)}{note}"
+
+
+# ---- models.NAME.triton (docs/CONFIG.md): a TritonSpec ----------------------------------------------------------
+
+_TRITON_KEYS = ["servers", "model", "version", "timeout", "connect_timeout", "retry_for", "cooldown", "fallback", "tls",
+                "headers", "header_env"]
+_TRITON_URL_RE = re.compile(r"^(grpc|grpcs|http|https)://([^/:\s]+|\[[0-9A-Fa-f:]+\]):([0-9]{1,5})/?$")
+
+
+def _to_triton_url(value: Any) -> str:
+    text = _to_str(value).strip()
+    match = _TRITON_URL_RE.match(text)
+    if not match:
+        raise ValueError(f"{text!r} is not a Triton server URL (grpc://host:8001, grpcs://, http://host:8000, https://)")
+    _to_port(int(match.group(3)))
+    return text.rstrip("/")
+
+
+def build_triton(v: _Validator, body: LocatedMap, path: str, name: str, backend: Any) -> Any:
+    """The ``triton`` section of a model (None for local backends, _BAD after reporting a problem)."""
+    tp = f"{path}.triton"
+    if backend != "triton":
+        if body.get("triton") is not None and backend is not _BAD:
+            v.err(body.key_line("triton"), tp, f"only used with backend: triton (backend is {backend})")
+            return _BAD
+        return None
+    if body.get("triton") is None:
+        v.err(body.line, tp, "backend triton needs a triton section (servers, model, fallback)")
+        return _BAD
+    section = v.section(body, "triton", tp, _TRITON_KEYS)
+    if section is None:
+        return _BAD
+    if "servers" not in section:
+        v.err(section.line, tp, "missing required key 'servers' (a list of grpc:// or http:// URLs)")
+        return _BAD
+    raw = section["servers"]
+    urls: list[Any] = []
+    if not isinstance(raw, list | str) or not raw:
+        v.err(section.value_line("servers"), f"{tp}.servers", "expected a URL or a non-empty list of URLs")
+        urls.append(_BAD)
+    for i, item in enumerate([raw] if isinstance(raw, str) else raw if isinstance(raw, list) else []):
+        try:
+            urls.append(_to_triton_url(item))
+        except ValueError as exc:
+            line = raw.item_line(i) if hasattr(raw, "item_line") else section.value_line("servers")
+            v.err(line, f"{tp}.servers[{i}]" if isinstance(raw, list) else f"{tp}.servers", str(exc))
+            urls.append(_BAD)
+    d = TritonSpec((), "")
+    model = v.value(section, "model", tp, name, _to_str)
+    version = v.value(section, "version", tp, "", _to_triton_version)
+    timeout = v.value(section, "timeout", tp, d.timeout_s, _to_duration("s"))
+    connect = v.value(section, "connect_timeout", tp, d.connect_timeout_s, _to_duration("s"))
+    retry_for = v.value(section, "retry_for", tp, d.retry_for_s, _to_duration("s", allow_zero=True))
+    cooldown = v.value(section, "cooldown", tp, d.cooldown_s, _to_duration("s", allow_zero=True))
+    fallback = v.value(section, "fallback", tp, d.fallback, _to_choice(("fail", *(b for b in MODEL_BACKENDS if b != "triton"))))
+    tls: dict[str, str | None] = {"ca_file": None, "cert_file": None, "key_file": None}
+    tls_section = v.section(section, "tls", f"{tp}.tls", list(tls))
+    if tls_section is not None:
+        for key in tls:
+            value = v.value(tls_section, key, f"{tp}.tls", None, _to_existing_file(v))
+            tls[key] = None if value is _BAD else value
+        if (tls["cert_file"] is None) != (tls["key_file"] is None):
+            v.err(tls_section.line, f"{tp}.tls", "cert_file and key_file go together (client certificate)")
+    headers = _str_map(v, section, "headers", tp, env=False)
+    header_env = _str_map(v, section, "header_env", tp, env=True)
+    if _BAD in (model, version, timeout, connect, retry_for, cooldown, fallback, headers, header_env, *urls):
+        return _BAD
+    return TritonSpec(tuple(urls), model.strip(), version, timeout, connect, retry_for, cooldown, fallback,
+                      tls["ca_file"], tls["cert_file"], tls["key_file"], headers, header_env)  # fmt: skip
+
+
+def _to_triton_version(value: Any) -> str:
+    text = str(value).strip() if isinstance(value, int | str) and not isinstance(value, bool) else ""
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"expected a model version number (1, 2, ...), got {type_name(value)} {value!r}")
+    return text
+
+
+def _to_existing_file(v: _Validator) -> Callable[[Any], str]:
+    def convert(value: Any) -> str:
+        path = _path(v, value)
+        if not path.is_file():
+            raise ValueError(f"file {str(path)!r} not found")
+        return str(path)
+
+    return convert
+
+
+def _str_map(v: _Validator, section: LocatedMap, key: str, path: str, *, env: bool) -> Any:
+    """A mapping of header name -> text (``env``: -> the name of a set environment variable holding the text)."""
+    if section.get(key) is None:
+        return {}
+    raw = section[key]
+    if not isinstance(raw, LocatedMap):
+        v.err(section.value_line(key), f"{path}.{key}", f"expected a mapping, got {type_name(raw)}")
+        return _BAD
+    out: dict[str, str] = {}
+    for header, value in raw.items():
+        where = f"{path}.{key}.{header}"
+        if not isinstance(header, str) or not re.match(r"^[A-Za-z0-9-]+$", header):
+            v.err(raw.key_line(header), where, "a header name is letters, digits and '-'")
+            return _BAD
+        if not isinstance(value, str) or not value or any(ord(c) < 0x20 for c in value):
+            v.err(raw.value_line(header), where, f"expected a non-empty string, got {type_name(value)}")
+            return _BAD
+        if env and value not in os.environ:
+            v.err(raw.value_line(header), where, f"environment variable {value!r} is not set")
+            return _BAD
+        out[header.lower()] = value
+    return out

@@ -11,11 +11,13 @@ import sys
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom._uid_dict import UID_dictionary
 from pydicom.errors import InvalidDicomError
 
 from dicom_node.config import ConfigError, load_config, summarize
-from dicom_node.config_schema import OUTPUT_KINDS, NodeConfig
+from dicom_node.routing import select_route
+from inference.modelcard import ModelCardError, load_card
+from nodecore.config_schema import OUTPUT_KINDS, NodeConfig
+from nodecore.sopclasses import uid_name
 
 
 def add_check_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -58,10 +60,6 @@ def run_check_config(args: argparse.Namespace) -> int:
 def _card_warnings(config: NodeConfig) -> list[str]:
     """Problems found by loading each model card (a builtin may be installed after the configuration is
     written, so these are warnings) and detector class names the card does not define."""
-    try:
-        from inference.modelcard import ModelCardError, load_card
-    except ImportError as exc:  # a node build without the inference package
-        return [f"model cards not checked ({exc})"]
     warnings: list[str] = []
     class_names: dict[str, set[str]] = {}
     for name, spec in config.models.items():
@@ -94,8 +92,8 @@ def add_route_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _uid_name(uid: str) -> str:
-    entry = UID_dictionary.get(uid)
-    return f"{entry[0]} ({uid})" if entry else uid
+    name = uid_name(uid)
+    return f"{name} ({uid})" if name != uid else uid
 
 
 def run_route(args: argparse.Namespace) -> int:
@@ -103,8 +101,6 @@ def run_route(args: argparse.Namespace) -> int:
 
     Exit 0 when a decision was made (a route or the default action), 1 for a bad configuration or file.
     """
-    from dicom_node.routing import select_route
-
     try:
         config = load_config(args.config)
     except ConfigError as exc:

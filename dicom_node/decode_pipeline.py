@@ -11,9 +11,10 @@ import time
 
 import numpy as np
 
-from dicom_node.config_schema import NodeConfig, Route
-from dicom_node.decoders import UndecodableImage, decode_pixels
-from dicom_node.pipeline import PipelineOutcome, ReceivedObject
+from dicom_node.pipeline import PipelineOutcome
+from inference.decoders import UndecodableImage, decode_pixels
+from nodecore.config_schema import NodeConfig, Route
+from nodecore.received import ReceivedObject
 
 
 class DecodePipeline:

@@ -27,7 +27,7 @@ import numpy as np
 import yaml
 from pydicom.dataset import Dataset
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import Verification
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]  # generated at import
 
 from dicom_node.netutil import free_port
 from inference.types import QuantityKind
@@ -72,7 +72,7 @@ class EmbeddedStore:
         ae = AE(ae_title=self.ae_title)
         contexts = list(AllStoragePresentationContexts or StoragePresentationContexts)
         for cx in contexts:
-            ae.add_supported_context(cx.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+            ae.add_supported_context(str(cx.abstract_syntax), ALL_TRANSFER_SYNTAXES)
         ae.add_supported_context(Verification)
         self.port = free_port()
         self._server = ae.start_server(("127.0.0.1", self.port), block=False,
@@ -99,7 +99,8 @@ class EmbeddedStore:
         return True
 
     def stop(self) -> None:
-        self._server.shutdown()
+        if self._server is not None:
+            self._server.shutdown()
 
 
 ALL_TRANSFER_SYNTAXES = [

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from dicom_node.pipeline import ReceivedObject
+from nodecore.received import ReceivedObject
 
 JobStatus = Literal["pending", "running", "done", "error", "dropped"]
 FinalJobStatus = Literal["done", "error", "dropped"]

@@ -18,7 +18,7 @@ import logging
 import re
 from typing import Any
 
-from dicom_node.sopclasses import sop_class_name, transfer_syntax_name
+from nodecore.sopclasses import sop_class_name, transfer_syntax_name
 
 REDACTED = "<redacted>"
 

@@ -326,9 +326,9 @@ def render(state: NodeState, counters: Counters, scanner: JobStatsScanner, queue
     healthy, _ = health(state)
     out.metric("dicomnode_up", "gauge", "1 when /healthz answers 200", int(healthy))
     out.metric("dicomnode_start_time_seconds", "gauge", "when this node process started", state.started_at)
-    for name, (help_text, series) in sorted((gauges or {}).items()):
+    for name, (help_text, gauge_series) in sorted((gauges or {}).items()):
         out.family(name, "gauge", help_text)
-        for labels, value in sorted(series.items()):
+        for labels, value in sorted(gauge_series.items()):
             out.sample(name, value, labels)
     return out.text()
 

@@ -32,7 +32,8 @@ from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.presentation import build_context
 
-from dicom_node.config_schema import Destination, NodeConfig, RetryPolicy, Timeouts
+from dicom_node.pynetdicom_compat import transport_socket
+from nodecore.config_schema import Destination, NodeConfig, RetryPolicy, Timeouts
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _make_ae(calling_ae: str, timeouts: Timeouts) -> AE:
 def _no_delay(event: Any) -> None:
     """Switch Nagle's algorithm off on an outbound connection. pynetdicom writes a C-STORE's command set and data set
     as separate PDUs; with Nagle on, the second small write waits for the peer's delayed ACK, ~40 ms per object."""
-    sock = getattr(event.assoc.dul.socket, "socket", None)
+    sock = transport_socket(event.assoc)
     if sock is not None:
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -482,7 +483,7 @@ class DestinationSender(threading.Thread):
         Small batches (default 4, one scout's results) let a newer job's SR overtake older companions at the next
         claim (the queue hands out SRs first): bursts of 10 scouts, SR p95 2.1 s with batches of 32 -> 1.1 s."""
         now = self._clock()
-        rows = []
+        rows: list[Any] = []  # jobqueue.OutboundRow
         while len(rows) < self.batch_size:
             row = queue.claim_outbound(self.destination, now)
             if row is None:

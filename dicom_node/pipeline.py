@@ -3,7 +3,7 @@
 A pipeline is looked up by the name in a route's ``pipeline.name`` (see ``PIPELINES``) and built once per worker
 process with the node configuration; ``process`` is then called for every job routed to it. Pipelines must be
 deterministic: result UIDs derive from the source SOP Instance UID, the model version and the output kind
-(``dicom_node.uids``), so a re-run replaces rather than duplicates.
+(``nodecore.uids``), so a re-run replaces rather than duplicates.
 """
 
 from __future__ import annotations
@@ -11,27 +11,15 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Protocol
+
+__all__ = ["PIPELINES", "Pipeline", "PipelineError", "PipelineOutcome", "ReceivedObject", "build_pipeline"]
 
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import NodeConfig, Route
 from inference.types import Detection, ImageMeasurements
-
-
-@dataclass(frozen=True)
-class ReceivedObject:
-    """A spooled object: ``path`` holds the bytes exactly as received (file meta + dataset)."""
-
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
-    transfer_syntax_uid: str
-    calling_ae: str
-    study_instance_uid: str = ""
-    received_at: float = 0.0  # POSIX seconds
-    job_id: int | None = None
+from nodecore.config_schema import NodeConfig, Route
+from nodecore.received import ReceivedObject
 
 
 @dataclass
@@ -60,7 +48,7 @@ class PipelineError(Exception):
 
 # name -> "module:factory"; the factory takes the NodeConfig and returns a Pipeline.
 PIPELINES: dict[str, str] = {
-    "reference": "inference.reference_pipeline:ReferencePipeline",
+    "reference": "dicom_node.reference_pipeline:ReferencePipeline",
     "decode": "dicom_node.decode_pipeline:DecodePipeline",
 }
 

@@ -29,8 +29,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config_schema import NodeConfig, RetentionPolicy
 from dicom_node.jobqueue import PURGED_OBJECT, PURGED_RESULTS, JobQueue
+from nodecore.config_schema import NodeConfig, RetentionPolicy
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,8 +25,16 @@ from pydicom.dataset import Dataset
 from pydicom.multival import MultiValue
 from pydicom.tag import Tag
 
-from dicom_node.config import ConfigError, ConfigIssue, LocatedList, LocatedMap, suggestion
-from dicom_node.config_schema import DefaultAction, Matcher, NodeConfig, Route, SourceLocation
+from dicom_node.config_yaml import (
+    ConfigError,
+    ConfigIssue,
+    LocatedList,
+    LocatedMap,
+    check_ae_title,
+    suggestion,
+    type_name,
+)
+from nodecore.config_schema import DefaultAction, Matcher, NodeConfig, Route, SourceLocation
 
 __all__ = [
     "AllOf",
@@ -100,12 +108,12 @@ def parse_tag(text: Any) -> tuple[int, str]:
             tag = int(m.group(1) + m.group(2), 16)
             name = keyword_for_tag(tag) or f"({m.group(1).upper()},{m.group(2).upper()})"
             return tag, name
-    tag = tag_for_keyword(text)
-    if tag is None:
+    found = tag_for_keyword(text)
+    if found is None:
         close = difflib.get_close_matches(text, keyword_dict.keys(), n=1, cutoff=0.75)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise ValueError(f"unknown DICOM keyword {text!r}{hint}; use a keyword or a tag like (0008,0060)")
-    return int(tag), text
+    return int(found), text
 
 
 # ------------------------------------------------------------------------------------------ values
@@ -308,16 +316,19 @@ class CallingAECondition:
 
 
 class _Combination:
-    """``all``/``any`` of the children; subclasses set ``word`` and ``reduce`` (class attributes, so they pickle)."""
+    """``all``/``any`` of the children; subclasses set ``word`` and ``combine`` (so they pickle)."""
 
     word: str = ""
-    reduce: Callable[[Iterable[bool]], bool] = all
     children: tuple[Matcher, ...]
     source: SourceLocation
 
+    @staticmethod
+    def combine(results: Iterable[bool]) -> bool:
+        raise NotImplementedError
+
     def explain(self, ds: Dataset, calling_ae: str) -> tuple[bool, list[str]]:
         results = [child.explain(ds, calling_ae) for child in self.children]
-        ok = type(self).reduce(r[0] for r in results)
+        ok = self.combine(r[0] for r in results)
         head = f"{self.source}: {self.word} of {len(self.children)} condition{'s' * (len(self.children) != 1)}"
         return ok, [f"{head}: {'yes' if ok else 'no'}"] + ["  " + line for r in results for line in r[1]]
 
@@ -327,7 +338,10 @@ class AllOf(_Combination):
     """True when every child is true (an empty ``all`` is true: match everything)."""
 
     word = "all"
-    reduce = all
+
+    @staticmethod
+    def combine(results: Iterable[bool]) -> bool:
+        return all(results)
     children: tuple[Matcher, ...]
     source: SourceLocation
 
@@ -337,7 +351,10 @@ class AnyOf(_Combination):
     """True when at least one child is true."""
 
     word = "any"
-    reduce = any
+
+    @staticmethod
+    def combine(results: Iterable[bool]) -> bool:
+        return any(results)
     children: tuple[Matcher, ...]
     source: SourceLocation
 
@@ -572,8 +589,6 @@ class _Compiler:
         return (bounds["min"], bounds["max"]) if ok else None
 
     def _calling_ae(self, value: Any, line: int, key: str) -> Matcher | None:
-        from dicom_node.config import check_ae_title
-
         if not isinstance(value, dict) or len(value) != 1:
             self.err(
                 line,
@@ -613,9 +628,7 @@ class _Compiler:
 
 
 def _kind(value: Any) -> str:
-    from dicom_node.config import _type_name
-
-    return _type_name(value)
+    return type_name(value)
 
 
 def compile_match(

@@ -34,23 +34,21 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, cast
+from typing import Any
 
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import UID
 from pynetdicom import AE, evt
 from pynetdicom.presentation import PresentationContext, build_context
-from pynetdicom.transport import AssociationSocket, RequestHandler, ThreadedAssociationServer
 
-from dicom_node.config_schema import NodeConfig, NodeSettings
 from dicom_node.jobqueue import JobQueue
 from dicom_node.metrics import Counters
-from dicom_node.pipeline import ReceivedObject
-from dicom_node.sopclasses import (
-    VERIFICATION,
-    sop_class_name,
-    sop_classes_or_default,
-    transfer_syntax_name,
-    transfer_syntaxes_or_default,
+from dicom_node.pynetdicom_compat import (
+    awaiting_request,
+    close_unnegotiated,
+    reject,
+    set_acceptor_contexts,
+    start_server,
 )
 from dicom_node.spool import (
     DatasetMismatch,
@@ -60,11 +58,20 @@ from dicom_node.spool import (
     Spool,
     StoredObject,
 )
-from dicom_node.uids import derived_uid
+from nodecore.config_schema import NodeConfig, NodeSettings
+from nodecore.received import ReceivedObject
+from nodecore.sopclasses import (
+    VERIFICATION,
+    sop_class_name,
+    sop_classes_or_default,
+    transfer_syntax_name,
+    transfer_syntaxes_or_default,
+)
+from nodecore.uids import derived_uid
 
 log = logging.getLogger(__name__)
 
-IMPLEMENTATION_CLASS_UID = derived_uid("dicom-node", "implementation-class", "1")
+IMPLEMENTATION_CLASS_UID = UID(derived_uid("dicom-node", "implementation-class", "1"))
 IMPLEMENTATION_VERSION_NAME = "DICOMNODE_01"
 # Largest P-DATA PDU we accept. Large PDUs cut per-PDU work in pynetdicom's reader (the peer may send smaller).
 MAX_PDU_BYTES = 4 * 1024 * 1024
@@ -88,67 +95,6 @@ REJECT_CONGESTION = (0x02, 0x03, 0x01)
 UNNEGOTIATED_GRACE_S = 0.5
 
 
-class _BulkRecvSocket(AssociationSocket):
-    """pynetdicom's socket, reading a PDU with ``recv_into`` in large steps instead of 4 KiB ``recv`` + extend.
-
-    Same contract as ``AssociationSocket.recv``: returns ``nr_bytes`` bytes, fewer if the peer closed, and lets
-    OSError / TimeoutError propagate. Measured: about 3x less CPU per 128 KiB P-DATA PDU (bench/receive.py).
-    """
-
-    def recv(self, nr_bytes: int) -> bytearray:
-        sock = cast(socket.socket, self.socket)
-        buf = bytearray(nr_bytes)
-        view = memoryview(buf)
-        got = 0
-        try:
-            while got < nr_bytes:
-                n = sock.recv_into(view[got:], nr_bytes - got)
-                if n == 0:
-                    break
-                got += n
-        finally:
-            view.release()
-        if got < nr_bytes:
-            del buf[got:]
-        return buf
-
-
-class _RequestHandler(RequestHandler):
-    """Creates pynetdicom's acceptor Association as usual, with the bulk-reading socket."""
-
-    def _create_association(self) -> Any:
-        assoc = super()._create_association()
-        assoc.dicom_node_connected_at = time.monotonic()  # for the drain: how long it has been silent
-        if type(assoc.dul.socket) is AssociationSocket:
-            assoc.dul.socket.__class__ = _BulkRecvSocket
-        scp = getattr(self.server, "dicom_node_scp", None)
-        if scp is not None:  # timeouts of the live config, before the A-ASSOCIATE-RQ is awaited
-            scp._apply_timeouts(assoc)
-        return assoc
-
-
-def awaiting_request(assoc: Any) -> bool:
-    """True for a connection whose peer has not sent its A-ASSOCIATE-RQ yet (transport open, DUL state Sta2)."""
-    return (assoc.requestor.primitive is None and not assoc.is_established
-            and assoc.dul.state_machine.current_state == "Sta2")
-
-
-def close_unnegotiated(assoc: Any) -> None:
-    """Close a connection that never sent an A-ASSOCIATE-RQ, now rather than at the ACSE timeout.
-
-    Shutting the TCP socket down makes pynetdicom's DUL see the transport close (Sta2 + Evt17 -> AA-5 -> Sta1, valid
-    in every state); the acceptor thread, which waits up to the ACSE timeout for the request, is then woken with
-    an empty primitive and ends as on that timeout.
-    """
-    sock = getattr(assoc.dul.socket, "socket", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass  # already closed by the peer
-    assoc.dul.to_user_queue.put(None)
-
-
 def _status(code: int, comment: str) -> Dataset:
     ds = Dataset()
     ds.Status = code
@@ -164,7 +110,7 @@ def _addresses(host: str) -> frozenset[str]:
     except ValueError:
         pass
     try:
-        return frozenset(info[4][0] for info in socket.getaddrinfo(host, None))
+        return frozenset(str(info[4][0]) for info in socket.getaddrinfo(host, None))
     except OSError:
         log.warning("allowed caller host %r does not resolve; no address will match it", host)
         return frozenset()
@@ -214,7 +160,7 @@ class StorageSCP:
         ae.require_calling_aet = []
         self._apply_node_settings(ae, node)
         for cx in self._supported_contexts(node):
-            ae.add_supported_context(cx.abstract_syntax, cx.transfer_syntax)
+            ae.add_supported_context(str(cx.abstract_syntax), cx.transfer_syntax)
         handlers = [
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_ACCEPTED, self._on_accepted),
@@ -223,14 +169,7 @@ class StorageSCP:
             (evt.EVT_C_STORE, self._on_store),
         ]
         self._draining = False
-        # ae.start_server(block=False) with our request handler: make_server + a serving thread
-        server = ae.make_server((node.bind, node.port), ae_title=node.ae_title, evt_handlers=handlers,
-                                server_class=ThreadedAssociationServer, request_handler=_RequestHandler)
-        thread = threading.Thread(target=server.serve_forever, name="dicom-node-scp", daemon=True)
-        thread.start()
-        ae._servers.append(server)  # as start_server does: server.shutdown() removes it again
-        server.dicom_node_scp = self
-        self._server = server
+        self._server = start_server(ae, (node.bind, node.port), node.ae_title, handlers, self._on_created)
         self._ae = ae
         log.info("SCP %s listening on %s:%d (%d SOP classes, %d transfer syntaxes)", node.ae_title, node.bind,
                  self.port, len(sop_classes_or_default(node.sop_classes)),
@@ -307,6 +246,11 @@ class StorageSCP:
         ae.dimse_timeout = node.timeouts.dimse
         ae.network_timeout = node.timeouts.network
 
+    def _on_created(self, assoc: Any) -> None:
+        """A connection was accepted: the live timeouts apply before the A-ASSOCIATE-RQ is awaited."""
+        assoc.dicom_node_connected_at = time.monotonic()  # for the drain: how long it has been silent
+        self._apply_timeouts(assoc)
+
     def _apply_timeouts(self, assoc: Any) -> None:
         timeouts = self._config_getter().node.timeouts
         assoc.acse_timeout = timeouts.acse
@@ -333,9 +277,7 @@ class StorageSCP:
         self.counters.inc("dicomnode_associations_rejected_total", reason=reason)
         log.warning("rejected association from AE %r at %s to %r: %s (A-ASSOCIATE-RJ result=%d source=%d reason=%d)",
                     calling, address, called, why, *rsd)
-        assoc.acse.send_reject(*rsd)
-        evt.trigger(assoc, evt.EVT_REJECTED, {})
-        assoc.kill()
+        reject(assoc, *rsd)
 
     def _on_requested(self, event: Any) -> None:
         assoc = event.assoc
@@ -372,7 +314,7 @@ class StorageSCP:
             self._reject(assoc, REJECT_LIMIT, f"{active - 1} associations already open (max {node.max_associations})",
                          calling, called, "limit")
             return
-        assoc.acceptor.supported_contexts = copy.deepcopy(self._supported_contexts(node))
+        set_acceptor_contexts(assoc, copy.deepcopy(self._supported_contexts(node)))
 
     def _on_accepted(self, event: Any) -> None:
         assoc = event.assoc
@@ -398,9 +340,9 @@ class StorageSCP:
         t0 = time.perf_counter()
         req = event.request
         calling = str(event.assoc.requestor.ae_title).strip()
-        sop_class = str(req.AffectedSOPClassUID)
-        sop_instance = str(req.AffectedSOPInstanceUID)
-        ts = str(event.context.transfer_syntax)
+        sop_class = UID(str(req.AffectedSOPClassUID))
+        sop_instance = UID(str(req.AffectedSOPInstanceUID))
+        ts = UID(str(event.context.transfer_syntax))
         meta = FileMetaDataset()
         meta.MediaStorageSOPClassUID = sop_class
         meta.MediaStorageSOPInstanceUID = sop_instance

@@ -27,8 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import re
+import shutil
 import signal
 import sys
 import threading
@@ -36,7 +35,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+from dicom_node.config import ConfigError, ConfigHolder, load_config, summarize
+from dicom_node.jobqueue import JobQueue
+from dicom_node.logsafe import set_debug_phi
+from dicom_node.logsetup import apply_log_level, setup_logging
+from dicom_node.metrics import Counters, JobStatsScanner, MetricsServer, NodeState
+from dicom_node.metrics import health as node_health
+from dicom_node.metrics import render as render_metrics_text
+from dicom_node.outbound import DestinationSender
+from dicom_node.retention import RetentionRunner, SpoolUsage
+from dicom_node.scp import StorageSCP
 from dicom_node.sdnotify import SdNotifier, watchdog_interval_s
+from dicom_node.spool import Spool
+from dicom_node.workers import WorkerPool
 
 log = logging.getLogger("dicom_node.service")
 
@@ -59,59 +70,6 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-class _JournalFormatter(logging.Formatter):
-    """Under systemd (``$JOURNAL_STREAM``): ``<priority>`` prefixes so journald keeps log levels, no timestamps."""
-
-    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        from dicom_node.logsafe import redact
-
-        prio = self.PRIORITY.get(record.levelno, 6)
-        return "\n".join(f"<{prio}>{line}" for line in redact(super().format(record)).splitlines())
-
-
-def setup_logging(level: str, debug_phi: bool) -> None:
-    """PHI-safe logging to stderr (the journal under systemd); pynetdicom's chatter only at DEBUG."""
-    from dicom_node.logsafe import PhiSafeFormatter, install
-
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(processName)s %(name)s: %(message)s"))
-    else:
-        handler.setFormatter(PhiSafeFormatter("%(asctime)s %(levelname)s %(processName)s %(name)s: %(message)s"))
-    root = logging.getLogger()
-    root.handlers[:] = [handler]
-    apply_log_level(level)
-    install(debug_phi=debug_phi)
-    # Library warnings (highdicom, pydicom) can quote attribute values such as a patient's name: route them through
-    # logging and blank quoted values unless debug_phi is on.
-    logging.captureWarnings(True)
-    warn_log = logging.getLogger("py.warnings")
-    if not any(isinstance(f, _QuotedValueFilter) for f in warn_log.filters):
-        warn_log.addFilter(_QuotedValueFilter())
-
-
-class _QuotedValueFilter(logging.Filter):
-    """Replaces quoted substrings of warning messages by <redacted> (they may be patient data)."""
-
-    _QUOTED = re.compile(r"(\"[^\"\n]*\"|'[^'\n]*')")
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from dicom_node.logsafe import debug_phi_enabled
-
-        if not debug_phi_enabled():
-            record.msg = self._QUOTED.sub("<redacted>", record.getMessage())
-            record.args = None
-        return True
-
-
-def apply_log_level(level: str) -> None:
-    logging.getLogger().setLevel(level)
-    for chatty in ("pynetdicom", "highdicom"):  # library INFO lines (~30 per job for highdicom) only when debugging
-        logging.getLogger(chatty).setLevel(logging.DEBUG if level == "DEBUG" else logging.WARNING)
-
-
 class Node:
     """The running node. ``run()`` blocks until SIGTERM/SIGINT (or ``request_stop()``) and returns the exit code."""
 
@@ -123,8 +81,6 @@ class Node:
         ready_timeout_s: float = DEFAULT_READY_TIMEOUT_S,
         notifier: SdNotifier | None = None,
     ) -> None:
-        from dicom_node.config import ConfigHolder
-
         self.holder = ConfigHolder(config_path, storage_override)
         self.storage_override = storage_override
         self.drain_timeout_s = drain_timeout_s
@@ -132,25 +88,23 @@ class Node:
         self.notifier = notifier or SdNotifier()
         self._stop = threading.Event()
         self._reload = threading.Event()
-        self.scp: Any = None
-        self.pool: Any = None
-        self.senders: dict[str, Any] = {}
-        self.queue: Any = None
-        self.spool: Any = None
+        self.scp: StorageSCP | None = None
+        self.pool: WorkerPool | None = None
+        self.senders: dict[str, DestinationSender] = {}
+        self.queue: JobQueue | None = None
+        self.spool: Spool | None = None
         # metrics: main-process counters (they outlive a listener moved by a reload and removed senders)
-        from dicom_node.metrics import Counters
-
         self.counters = Counters()
-        self.scanner: Any = None
-        self.metrics_server: Any = None
+        self.scanner: JobStatsScanner | None = None
+        self.metrics_server: MetricsServer | None = None
         self.config_generation = 0
         self.last_reload: tuple[bool, float] | None = None
-        self._retired_senders: list[Any] = []  # removed destinations' senders: their counts stay in the metrics
+        self._retired_senders: list[DestinationSender] = []  # removed destinations' senders: their counts stay in the metrics
         self._pool_view = (0, 0, 0)  # (configured, alive, ready), refreshed by the main thread only
         self._draining = False
         self._started_at = time.time()
-        self.retention: Any = None
-        self._last_usage: Any = None  # retention.SpoolUsage of the last retention pass
+        self.retention: RetentionRunner | None = None
+        self._last_usage: SpoolUsage | None = None  # of the last retention pass
         self._last_retention_at: float | None = None
 
     # -- signals -------------------------------------------------------------------------------------------------
@@ -169,12 +123,6 @@ class Node:
     # -- lifecycle -----------------------------------------------------------------------------------------------
 
     def run(self) -> int:
-        from dicom_node.config import summarize
-        from dicom_node.jobqueue import JobQueue
-        from dicom_node.scp import StorageSCP
-        from dicom_node.spool import Spool
-        from dicom_node.workers import WorkerPool
-
         config = self.holder.current
         node = config.node
         storage = node.storage
@@ -190,7 +138,7 @@ class Node:
             log.warning("recovered after an unclean stop: %d interrupted job(s) and %d interrupted send(s) queued "
                         "again, %d partial temp file(s) removed", jobs, sends, removed)
 
-        self.pool = WorkerPool(self.holder.path, self.storage_override, node.workers, self.queue,
+        self.pool = WorkerPool(config, node.workers, self.queue,
                                on_outbound=self._wake_senders, max_worker_deaths=node.max_worker_deaths_per_job)
         self.pool.start()
         self._refresh_pool_view()
@@ -211,10 +159,12 @@ class Node:
                 self.notifier.watchdog()
                 last_ping = time.monotonic()
 
-        ready = self.pool.wait_ready(
-            self.ready_timeout_s,
-            between=lambda: (ping(), self._refresh_pool_view(), self._check_stop_during_start()),
-        )
+        def between() -> None:
+            ping()
+            self._refresh_pool_view()
+            self._check_stop_during_start()
+
+        ready = self.pool.wait_ready(self.ready_timeout_s, between=between)
         self._refresh_pool_view()
         if self._stop.is_set():
             return self.shutdown()
@@ -298,8 +248,6 @@ class Node:
     # -- reload --------------------------------------------------------------------------------------------------
 
     def reload(self) -> bool:
-        from dicom_node.scp import StorageSCP
-
         old = self.holder.current
         self.notifier.reloading()
         ok, message = self.holder.reload()
@@ -312,8 +260,8 @@ class Node:
         new = self.holder.current
         self.config_generation += 1
         log.info("SIGHUP: %s", message)
+        assert self.pool is not None and self.scp is not None and self.spool is not None and self.queue is not None
         apply_log_level(new.node.log_level)
-        from dicom_node.logsafe import set_debug_phi
 
         set_debug_phi(new.node.debug_phi)
         if new.node.storage != old.node.storage:
@@ -334,7 +282,11 @@ class Node:
         if (new.node.metrics_bind, new.node.metrics_port) != (old.node.metrics_bind, old.node.metrics_port):
             self._move_metrics(new.node)
         self.pool.max_worker_deaths = new.node.max_worker_deaths_per_job
-        self.pool.reload(new.node.workers)
+        try:
+            self.pool.reload(new)
+        except OSError as exc:
+            log.error("SIGHUP: cannot hand the new configuration to the workers (%s); they keep the previous one",
+                      exc)
         self._refresh_pool_view()  # /healthz: not ready until the workers rebuilt their pipelines
         self._sync_senders()
         self.notifier.ready(self._status_line())
@@ -343,11 +295,9 @@ class Node:
     # -- senders -------------------------------------------------------------------------------------------------
 
     def _sync_senders(self) -> None:
-        from dicom_node.outbound import DestinationSender
-
         wanted = set(self.holder.current.destinations)
         for name in sorted(wanted - set(self.senders)):
-            sender = DestinationSender(name, lambda: self.holder.current, lambda: self.queue)
+            sender = DestinationSender(name, lambda: self.holder.current, self._queue)
             sender.start()
             self.senders[name] = sender
         for name in sorted(set(self.senders) - wanted):
@@ -356,6 +306,10 @@ class Node:
             sender = self.senders.pop(name)
             sender.stop(0)
             self._retired_senders.append(sender)  # it may still record its last batch
+
+    def _queue(self) -> JobQueue:
+        assert self.queue is not None, "the queue is opened before the senders start"
+        return self.queue
 
     def _wake_senders(self, destinations: list[str]) -> None:
         for name in destinations:
@@ -375,8 +329,6 @@ class Node:
             self._pool_view = (self.pool.size, self.pool.alive(), self.pool.ready_count())
 
     def _start_metrics(self, node: Any) -> None:
-        from dicom_node.metrics import JobStatsScanner, MetricsServer
-
         if self.scanner is None:
             self.scanner = JobStatsScanner(self.queue)
         if node.metrics_port is None:
@@ -399,10 +351,6 @@ class Node:
 
     def metrics_state(self) -> Any:
         """A ``metrics.NodeState`` of this moment (any thread)."""
-        import shutil
-
-        from dicom_node.metrics import NodeState
-
         config = self.holder.current
         configured, alive, ready = self._pool_view
         scp = self.scp
@@ -443,9 +391,9 @@ class Node:
         )
 
     def render_metrics(self) -> str:
-        from dicom_node.metrics import render
-
-        return render(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
+        if self.scanner is None:
+            self.scanner = JobStatsScanner(self._queue())
+        return render_metrics_text(self.metrics_state(), self.counters, self.scanner, self.queue, self._extra_gauges())
 
     def _extra_gauges(self) -> dict[str, Any]:
         gauges: dict[str, Any] = {
@@ -466,10 +414,8 @@ class Node:
     # -- retention -----------------------------------------------------------------------------------------------
 
     def _start_retention(self) -> None:
-        from dicom_node.jobqueue import JobQueue
-        from dicom_node.retention import RetentionRunner
-
-        db = self.queue.db_path
+        db = self._queue().db_path
+        assert self.spool is not None
         self.retention = RetentionRunner(lambda: self.holder.current, lambda: JobQueue(db), self.spool.root,
                                          on_pass=self._on_retention_pass)
         self.retention.start()
@@ -486,9 +432,7 @@ class Node:
         self._last_retention_at = time.time()
 
     def health(self) -> tuple[bool, str]:
-        from dicom_node.metrics import health
-
-        return health(self.metrics_state())
+        return node_health(self.metrics_state())
 
     def _status_line(self) -> str:
         counts = self.queue.job_counts() if self.queue is not None else {}
@@ -511,8 +455,6 @@ class _StopDuringStart(Exception):
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    from dicom_node.config import ConfigError, load_config
-
     try:
         config = load_config(args.config, storage_override=args.storage)
     except ConfigError as exc:

@@ -35,8 +35,8 @@ from typing import Literal
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 
-from dicom_node.pipeline import ReceivedObject
-from dicom_node.sopclasses import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
+from nodecore.received import ReceivedObject
+from nodecore.sopclasses import DEFLATED_EXPLICIT_VR_LE, EXPLICIT_VR_BE, IMPLICIT_VR_LE
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,15 @@ is forwarded even when processing failed (forwarding is a routing decision, not 
 
 A pipeline exception ends that job in ``error`` with a PHI-free message; the worker goes on. A transient one
 (``inference.backends.BackendTransientError``: no Triton server answers and no local fallback is configured) puts
-the job back to ``pending`` instead, and the worker backs off (0.5 s doubling to 30 s) before it claims again. Pipelines are built
-once per worker per configuration generation (``WorkerPool.reload`` bumps the generation; each worker re-reads the
-validated file) and a worker reports ready only after building them (model warm-up). A worker that dies is
+the job back to ``pending`` instead, and the worker backs off (0.5 s doubling to 30 s) before it claims again.
+Pipelines are built
+once per worker per configuration generation and a worker reports ready only after building them (model warm-up).
+
+Workers never read the YAML file. The main process validates the configuration once (``ConfigHolder``) and hands the
+validated, immutable ``NodeConfig`` to the workers: a new worker gets it in its start arguments, a running one picks
+up each new generation from the hand-off file ``<storage>/run/config.pickle`` that ``WorkerPool.reload`` writes
+(atomically, before bumping the generation). So a file edited on disk without SIGHUP, valid or not, changes
+nothing: a replacement worker runs exactly the configuration the main process loaded. A worker that dies is
 replaced; the job it was running goes back to ``pending`` (``JobQueue.requeue_worker``) and runs again on another
 worker, unless workers already died ``max_worker_deaths`` times on it: then it ends in ``error`` (a job that kills
 its worker is not retried in a loop).
@@ -27,16 +33,27 @@ import ctypes
 import logging
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from multiprocessing.process import BaseProcess
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from dicom_node.config_schema import NodeConfig, Route
+from pydicom import dcmread
+
+from dicom_node.jobqueue import JobQueue, OutboundItem
+from dicom_node.logsafe import redact
+from dicom_node.logsetup import setup_logging
+from dicom_node.pipeline import PipelineError, build_pipeline
+from dicom_node.routing import select_route
+from dicom_node.spool import Spool
+from inference.backend_base import BackendTransientError
+from nodecore.config_schema import NodeConfig, Route
 
 log = logging.getLogger(__name__)
 
@@ -76,15 +93,13 @@ def result_kind(ds: Any) -> str:
 class JobResult:
     """What ``process_job`` decided; ``outbound`` holds ``jobqueue.OutboundItem`` objects."""
 
-    status: str  # done | error | dropped | retry (transient failure: the job goes back to the queue)
+    status: Literal["done", "error", "dropped", "retry"]  # retry: transient failure, the job goes back to the queue
     error: str = ""
     summary: dict[str, Any] = field(default_factory=dict)
     outbound: tuple[Any, ...] = ()
 
 
 def _safe(text: str) -> str:
-    from dicom_node.logsafe import redact
-
     return redact(text)[:2000]
 
 
@@ -92,10 +107,8 @@ class PipelineCache:
     """Pipelines of one configuration, built once (``build_all``) and reused for every job."""
 
     def __init__(self, config: NodeConfig, builder: Callable[[str, NodeConfig], Any] | None = None) -> None:
-        if builder is None:
-            from dicom_node.pipeline import build_pipeline as builder
         self.config = config
-        self._builder = builder
+        self._builder = builder or build_pipeline
         self.pipelines: dict[str, Any] = {}
         self.errors: dict[str, str] = {}
 
@@ -128,10 +141,6 @@ class PipelineCache:
 
 def process_job(obj: Any, config: NodeConfig, pipelines: PipelineCache, spool: Any) -> JobResult:
     """Route and process one received object (see module docstring). Never raises for job-level problems."""
-    from pydicom import dcmread
-
-    from dicom_node.jobqueue import OutboundItem
-    from dicom_node.routing import select_route
 
     def original_to(dests: tuple[str, ...]) -> list[Any]:
         return [OutboundItem(d, Path(obj.path), obj.sop_instance_uid, obj.sop_class_uid, "original") for d in dests]
@@ -160,9 +169,6 @@ def process_job(obj: Any, config: NodeConfig, pipelines: PipelineCache, spool: A
         pipeline = pipelines.get(name)
         outcome = pipeline.process(obj, route)
     except Exception as exc:
-        from dicom_node.pipeline import PipelineError
-        from inference.backends import BackendTransientError
-
         if isinstance(exc, BackendTransientError):  # e.g. no Triton server answers: run the job again later
             return JobResult("retry", _safe(f"pipeline {name!r}: {exc}"), summary, ())
         detail = str(exc) if isinstance(exc, PipelineError | RuntimeError) else f"{type(exc).__name__}: {exc}"
@@ -193,14 +199,43 @@ def process_job(obj: Any, config: NodeConfig, pipelines: PipelineCache, spool: A
 # ---- the worker process ----------------------------------------------------------------------------------------
 
 
+HANDOFF_NAME = "run/config.pickle"  # under the storage directory
+
+
 @dataclass(frozen=True)
 class WorkerSettings:
-    """Everything a spawned worker needs (picklable)."""
+    """Everything a spawned worker needs (picklable): the validated configuration of ``generation``."""
 
     index: int
-    config_path: Path
-    storage_override: Path | None
+    config: NodeConfig
+    generation: int
     poll_s: float = 0.5
+
+
+def handoff_path(storage: Path) -> Path:
+    return Path(storage) / HANDOFF_NAME
+
+
+def write_handoff(storage: Path, generation: int, config: NodeConfig) -> Path:
+    """Write ``(generation, config)`` for the running workers: temp file + rename, so a reader sees a whole one."""
+    path = handoff_path(storage)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    # readable by the node's own user only (workers run as that user); unpickling trusts the storage directory as
+    # the job queue and the spool already do
+    with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+        pickle.dump((generation, config), f, protocol=pickle.HIGHEST_PROTOCOL)
+    os.replace(tmp, path)
+    return path
+
+
+def read_handoff(storage: Path) -> tuple[int, NodeConfig]:
+    """``(generation, config)`` last written by the main process (OSError / pickle errors propagate)."""
+    with open(handoff_path(storage), "rb") as f:
+        generation, config = pickle.load(f)
+    if not isinstance(config, NodeConfig):
+        raise TypeError(f"{handoff_path(storage)} holds a {type(config).__name__}, not a NodeConfig")
+    return int(generation), config
 
 
 def _die_with_parent() -> None:
@@ -219,6 +254,9 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
     wedge the others or the main process: ``events`` is this worker's own pipe to the pool, ``wake`` its own pipe
     from the pool (a byte per "jobs were queued"), ``generation`` a lock-free shared int (configuration generation,
     written by the main process only). SIGTERM: finish the current job, then exit.
+
+    The configuration comes from the main process (``settings.config``, then the hand-off file for each new
+    generation); this function never reads the YAML file.
     """
     _die_with_parent()
     parent = os.getppid()
@@ -227,16 +265,11 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    from dicom_node.config import ConfigError, load_config
-    from dicom_node.jobqueue import JobQueue
-    from dicom_node.service import setup_logging
-    from dicom_node.spool import Spool
-
     name = f"worker-{settings.index}-{os.getpid()}"
-    gen = int(generation.value)
-    config = load_config(settings.config_path, storage_override=settings.storage_override)
+    gen = settings.generation
+    config = settings.config
     setup_logging(config.node.log_level, config.node.debug_phi)
-    storage = config.node.storage
+    storage = config.node.storage  # a new node.storage needs a restart: the storage of the first generation
     queue = JobQueue(storage / "queue.sqlite3")
     spool = Spool(storage, config.node.min_free_disk_mb, config.node.duplicate_policy)
     pipelines = PipelineCache(config)
@@ -246,17 +279,23 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
     while not stop.is_set():
         if os.getppid() != parent:  # belt and braces beside PDEATHSIG
             return
-        if int(generation.value) != gen:
-            gen = int(generation.value)
+        wanted = int(generation.value)
+        if wanted > gen:  # generations only grow; the hand-off file is written before the counter moves
+            problems: list[str] = []
             try:
-                config = load_config(settings.config_path, storage_override=settings.storage_override)
+                got, new = read_handoff(storage)
+            except Exception as exc:  # noqa: BLE001 - keep running the configuration in hand
+                got, new = gen, config
+                problems.append(_safe(f"configuration generation {wanted} could not be taken over ({type(exc).__name__}: "
+                                      f"{exc}); this worker keeps running generation {gen}"))
+            if got > gen:
+                config = new
                 setup_logging(config.node.log_level, config.node.debug_phi)
                 pipelines = PipelineCache(config)
                 pipelines.build_all()
-                log.info("configuration generation %d loaded", gen)
-            except ConfigError as exc:
-                log.error("configuration generation %d refused, keeping the previous one: %s", gen, exc)
-            events.send(("ready", gen, sorted(pipelines.errors.values())))
+                log.info("configuration generation %d loaded", got)
+            gen = max(got, wanted)
+            events.send(("ready", gen, problems + sorted(pipelines.errors.values())))
         obj = queue.claim_job(name)
         if obj is None:
             try:
@@ -266,6 +305,7 @@ def worker_main(settings: WorkerSettings, events: Any, wake: Any, generation: An
             except (EOFError, OSError):  # the main process is gone
                 return
             continue
+        assert obj.job_id is not None  # claimed jobs carry their id
         events.send(("claimed", obj.job_id))
         started = time.monotonic()
         try:
@@ -321,20 +361,19 @@ class WorkerPool:
 
     def __init__(
         self,
-        config_path: Path,
-        storage_override: Path | None,
+        config: NodeConfig,
         workers: int,
         queue: Any,
         on_outbound: Callable[[list[str]], None] | None = None,
         start_method: str = "spawn",
         max_worker_deaths: int = 2,
     ) -> None:
-        self.config_path = Path(config_path)
-        self.storage_override = storage_override
+        self.config = config  # what every worker of the current generation runs (and a replacement starts with)
+        self.storage = config.node.storage  # where the hand-off file lives (node.storage needs a restart)
         self.size = max(1, int(workers))
         self.queue = queue
         self.on_outbound = on_outbound
-        self._ctx = mp.get_context(start_method)
+        self._ctx: Any = mp.get_context(start_method)  # SpawnContext (typeshed's BaseContext lacks Process)
         self._generation = self._ctx.RawValue("i", 0)  # lock-free: a killed worker cannot leave a lock held
         self._slots: dict[int, _Slot] = {}
         self._retiring: list[_Slot] = []
@@ -352,7 +391,7 @@ class WorkerPool:
         return int(self._generation.value)
 
     def _spawn(self, index: int) -> _Slot:
-        settings = WorkerSettings(index, self.config_path, self.storage_override)
+        settings = WorkerSettings(index, self.config, self.generation)
         events_r, events_w = self._ctx.Pipe(duplex=False)
         wake_r, wake_w = self._ctx.Pipe(duplex=False)
         proc = self._ctx.Process(
@@ -405,11 +444,16 @@ class WorkerPool:
                 between()
         return self.ready()
 
-    def reload(self, workers: int) -> None:
-        """New configuration generation: workers re-read the file and rebuild pipelines; resize to ``workers``."""
-        self._generation.value += 1
+    def reload(self, config: NodeConfig) -> None:
+        """New configuration generation: hand ``config`` (validated by the main process) to the workers, which
+        rebuild their pipelines; resize to ``config.node.workers``. OSError: the hand-off file could not be written;
+        nothing changed (the workers keep the previous generation)."""
+        generation = self.generation + 1
+        write_handoff(self.storage, generation, config)
+        self.config = config
+        self._generation.value = generation
         self.notify_work()
-        new_size = max(1, int(workers))
+        new_size = max(1, int(config.node.workers))
         if new_size > self.size:
             for i in range(self.size, new_size):
                 self._slots[i] = self._spawn(i)
@@ -436,8 +480,6 @@ class WorkerPool:
 
     def tick(self, wait_s: float = 0.0) -> None:
         """Handle worker events and replace dead workers. Main thread only (spawning sets parent-death signals)."""
-        from multiprocessing.connection import wait
-
         conns = {id(s.events): s for s in self._all_slots() if s.events_open}
         if conns:
             ready = wait([s.events for s in conns.values()], timeout=max(0.0, wait_s))

@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import time
-from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,62 +25,21 @@ from typing import Any
 
 import numpy as np
 
+from inference.backend_base import Backend as Backend  # re-exported: the interface and errors callers use
+from inference.backend_base import BackendError as BackendError
+from inference.backend_base import BackendTransientError as BackendTransientError
+from inference.backend_base import BackendUnavailable as BackendUnavailable
 from inference.modelcard import ModelCard
+from nodecore.config_schema import MODEL_BACKENDS
 
 log = logging.getLogger(__name__)
 
-BACKENDS = (
-    "auto",
-    "tensorrt",
-    "onnxruntime",
-    "onnxruntime-cpu",
-    "onnxruntime-cuda",
-    "torch",
-    "torch-cpu",
-    "torch-cuda",
-    "triton",
-)
+BACKENDS = MODEL_BACKENDS  # the names the configuration accepts (nodecore.config_schema)
 DEFAULT_ENGINE_CACHE = Path(
     os.environ.get("DICOM_NODE_ENGINE_CACHE", Path.home() / ".cache" / "dicom-node" / "engines")
 )
 
-
-class BackendError(RuntimeError):
-    """A backend that cannot be opened or run (the message says which and why)."""
-
-
-class BackendUnavailable(BackendError):
-    """The requested backend is not installed or has no device here."""
-
-
-class BackendTransientError(BackendError):
-    """A remote backend cannot serve now (e.g. no Triton server answers): the job is worth running again later."""
-
-
 _ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(uint8)": np.uint8}
-
-
-class Backend(ABC):
-    """One loaded model. ``max_batch`` is the largest batch ``run`` accepts (1 for a static batch-1 graph)."""
-
-    name: str = ""
-    device: str = "cpu"
-    max_batch: int = 1
-    output_names: tuple[str, ...] = ()
-
-    @abstractmethod
-    def run(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        """Run a batch (already in the model's layout) and return numpy outputs by name."""
-
-    def describe(self) -> str:
-        return f"{self.name} on {self.device}"
-
-    def served_by(self) -> str:
-        """What ran the last ``run`` (a remote backend names the server, or its local fallback)."""
-        return self.name
-
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release device resources (optional)."""
 
 
 # ---------------------------------------------------------------- ONNX Runtime
@@ -239,7 +197,7 @@ def _trt_torch_dtype(trt: Any, torch: Any, dt: Any) -> Any:
 def _make_calibrator(trt: Any, torch: Any, batches: list[np.ndarray], cache_file: Path) -> Any:
     """An entropy calibrator feeding preprocessed calibration batches (N, C, H, W float32) from device memory."""
 
-    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[misc, name-defined]
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # TensorRT, when installed
         def __init__(self) -> None:
             trt.IInt8EntropyCalibrator2.__init__(self)
             self.batches = batches
@@ -439,12 +397,24 @@ def _cuda_via_torch() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def tensorrt_installed() -> bool:
+    return importlib.util.find_spec("tensorrt") is not None
+
+
+def tensorrt_unavailable() -> str | None:
+    """Why TensorRT cannot build engines here (None: it can). Imports nothing heavy when TensorRT is absent, so
+    ``dicom-node build-engines`` (systemd ExecStartPre) returns at once on CPU-only hosts."""
+    if not tensorrt_installed():
+        return "tensorrt not installed"
+    return None if _cuda_via_torch() else "no CUDA GPU"
+
+
 def availability(card: ModelCard | None = None) -> dict[str, str | None]:
     """Backend -> None when usable here, else the reason it is not (cheap checks; nothing is loaded)."""
     import onnxruntime as ort
 
     out: dict[str, str | None] = {}
-    has_trt = importlib.util.find_spec("tensorrt") is not None
+    has_trt = tensorrt_installed()
     cuda = _cuda_via_torch() if (has_trt or (card is not None and card.torch_weights)) else False
     out["tensorrt"] = (
         None if has_trt and cuda else ("tensorrt not installed" if not has_trt else "no CUDA GPU")
@@ -471,7 +441,7 @@ def choose_backend(requested: str, card: ModelCard | None = None) -> tuple[str, 
         aliases = {"onnxruntime": "onnxruntime-cpu"}
         return aliases.get(requested, requested), "requested in the configuration"
     avail = availability(card)
-    skipped = []
+    skipped: list[str] = []
     for name in ("tensorrt", "onnxruntime-cuda", "torch-cuda", "onnxruntime-cpu"):
         if avail[name] is None:
             why = f"auto: {name}" + (f" ({'; '.join(skipped)})" if skipped else " (first choice)")

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import DetectorSpec
 from inference.engine import DetectorPool
 from inference.preprocessing import stored_pixels
 from inference.types import Detection
+from nodecore.config_schema import DetectorSpec
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import ScannerCalibration
+from nodecore.config_schema import ScannerCalibration
+from nodecore.scanners import first_match
 
 # AAPM Report 204 fit coefficients (a, b), D in cm, keyed by CTDI phantom diameter (cm).
 SSDE_COEFFICIENTS: Mapping[int, tuple[float, float]] = {
@@ -81,17 +82,8 @@ def water_equivalent_diameter_mm(wepl_mm: np.ndarray, step_mm: float) -> np.ndar
 
 
 def match_calibration(ds: Dataset, calibrations: Sequence[ScannerCalibration]) -> ScannerCalibration | None:
-    """The first calibration whose every ``match`` attribute equals the header's (case-insensitive, trimmed)."""
-    for cal in calibrations:
-        ok = True
-        for keyword, wanted in cal.match.items():
-            have = ds.get(keyword)
-            if have is None or str(have).strip().upper() != str(wanted).strip().upper():
-                ok = False
-                break
-        if ok:
-            return cal
-    return None
+    """The first calibration whose ``match`` holds for ``ds`` (the one rule: ``nodecore.scanners``)."""
+    return first_match(ds, calibrations)
 
 
 def wepl_from_pixels(values: np.ndarray, calibration: ScannerCalibration) -> np.ndarray:

@@ -22,12 +22,13 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import ModelSpec
-from inference.backends import Backend, BackendTransientError, open_backend
+from inference.backend_base import Backend, BackendTransientError
+from inference.backends import open_backend
 from inference.modelcard import TORCHVISION_FORMATS, ModelCard, load_card
 from inference.postprocess import Candidates, postprocess
 from inference.preprocessing import PreparedImage, preprocess
 from inference.types import Box, Detection
+from nodecore.config_schema import ModelSpec
 
 log = logging.getLogger(__name__)
 

@@ -29,6 +29,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.types import GeometryLevel
+from nodecore.config_schema import ScannerGeometry
+from nodecore.scanners import first_match
 
 Vec3 = tuple[float, float, float]
 
@@ -224,7 +226,7 @@ def _image_type(ds: Dataset) -> tuple[str, ...]:
     return tuple(str(p).strip().upper() for p in v)
 
 
-def _dominant_axis(v: Sequence[float]) -> tuple[int, float]:
+def _dominant_axis(v: Sequence[float] | np.ndarray) -> tuple[int, float]:
     a = np.abs(np.asarray(v, dtype=float))
     i = int(np.argmax(a))
     return i, float(a[i])
@@ -243,29 +245,24 @@ def _letters_direction(code: str) -> np.ndarray | None:
     return v / n if n > 0 else None
 
 
-def _view_from_normal(normal: Sequence[float]) -> str:
+def _view_from_normal(normal: Sequence[float] | np.ndarray) -> str:
     axis, size = _dominant_axis(normal)
     if size < 0.9:
         return "unknown"
     return {0: "lateral", 1: "frontal", 2: "unknown"}[axis]
 
 
-def match_scanner(ds: Dataset, entries: Sequence[Mapping[str, Any]]) -> Mapping[str, Any] | None:
-    """The first configuration entry whose every ``match`` attribute equals the header's (case-insensitive)."""
-    for entry in entries:
-        wanted = entry.get("match", {})
-        if all(str(ds.get(k, "") or "").strip().upper() == str(v).strip().upper() for k, v in wanted.items()):
-            return entry
-    return None
+def match_scanner(ds: Dataset, entries: Sequence[ScannerGeometry]) -> ScannerGeometry | None:
+    """The first ``scanner_geometry`` entry whose ``match`` holds for ``ds`` (the one rule: ``nodecore.scanners``)."""
+    return first_match(ds, entries)
 
 
-def geometry_from_dataset(ds: Dataset, *, scanner_geometry: Sequence[Mapping[str, Any]] = ()) -> ImageGeometry:
+def geometry_from_dataset(ds: Dataset, *, scanner_geometry: Sequence[ScannerGeometry] = ()) -> ImageGeometry:
     """Everything the header says about the geometry of ``ds``; never raises for missing or malformed tags.
 
     ``scanner_geometry``: site configuration for scanners whose headers lack it (measurement option
-    ``scanner_geometry``): entries ``{match: {Manufacturer: ..., ManufacturerModelName: ...}, sod_mm, sid_mm,
-    frontal_view_position: AP|PA, lateral_view_position: LL|RL}``; used only where the header is silent, and
-    every use is noted.
+    ``scanner_geometry``, validated by the configuration loader): SOD, SID and the localizers' tube side; used
+    only where the header is silent, and every use is noted.
     """
     notes: list[str] = []
     modality = _text(ds, "Modality")
@@ -291,15 +288,15 @@ def geometry_from_dataset(ds: Dataset, *, scanner_geometry: Sequence[Mapping[str
     sod = _positive(ds, "DistanceSourceToPatient", notes, "(0018,1111)")
     config = match_scanner(ds, scanner_geometry) if scanner_geometry else None
     if config is not None:
-        if sod is None and config.get("sod_mm"):
-            sod = float(config["sod_mm"])
+        if sod is None and config.sod_mm:
+            sod = float(config.sod_mm)
             notes.append(f"SOD {sod:g} mm from the site configuration (scanner_geometry), not the header")
-        if sid is None and config.get("sid_mm"):
-            sid = float(config["sid_mm"])
+        if sid is None and config.sid_mm:
+            sid = float(config.sid_mm)
             notes.append(f"SID {sid:g} mm from the site configuration (scanner_geometry), not the header")
         common_vp = {
-            "frontal": str(config.get("frontal_view_position", "") or "").upper(),
-            "lateral": str(config.get("lateral_view_position", "") or "").upper(),
+            "frontal": config.frontal_view_position.upper(),
+            "lateral": config.lateral_view_position.upper(),
         }
     else:
         common_vp = {}

@@ -22,7 +22,6 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.config_schema import MeasurementSettings
 from inference import dose
 from inference.geometry import (
     EdgeModel,
@@ -44,28 +43,10 @@ from inference.types import (
     QuantityKind,
     RegionMeasurement,
 )
+from nodecore.config_schema import MEASUREMENT_OPTION_DEFAULTS, MeasurementSettings, RegionShape
 
 K = QuantityKind
 _DEFAULT_SETTINGS = MeasurementSettings()
-
-@dataclass(frozen=True)
-class RegionShape:
-    """Shape model of a region's cross-section for single-view estimates (dimensionless unless stated).
-
-    ``density``: mean water-equivalent density of the soft tissue on the central AP ray and ``bone_wepl_mm`` the
-    extra water-equivalent path of the midline bone it crosses (AP = (WEPL - bone_wepl_mm) / density);
-    ``centre_fraction``: height of the region's centre above the patient's back as a fraction of the
-    AP thickness; ``aspect``: AP / LAT of the region's own structures (sets the half-depth used in the fan-beam
-    silhouette model); ``posterior_mm``: when set, the centre height is ``posterior_mm + aspect * LAT / 2`` (a
-    structure lying against the back, e.g. the rib cage) instead of ``centre_fraction * AP``.
-    """
-
-    density: float = 1.0
-    centre_fraction: float = 0.5
-    aspect: float = 0.75
-    posterior_mm: float | None = None
-    bone_wepl_mm: float = 0.0  # excess water-equivalent path of the midline bone (vertebra, sacrum), mm
-
 
 # Constants from adult anatomy as modelled by the MIRD-type simulator phantom (docs/GEOMETRY.md); configurable
 # through the measurement option ``region_model`` ({label: {density, centre_fraction, aspect, posterior_mm}}).
@@ -94,15 +75,7 @@ SILHOUETTE_MODELS: Mapping[str, SilhouetteModel] = {
         EdgeModel(across=0.0, depth=0.0, offset_pair=0.549), EdgeModel(across=0.0, depth=0.0, offset_pair=0.818),
         "bony pelvis: trochanter caps across, wing-tip / pubis points along the beam"),
 }
-DEFAULT_OPTIONS: Mapping[str, Any] = {
-    "table_pad_mm": 40.0,  # mattress between the table top and the patient's back
-    "table_pad_sd_mm": 10.0,
-    "table_height_sd_mm": 1.0,
-    "relative_density_rel_sd": 0.08,  # relative standard uncertainty of the AP thickness model
-    "lateral_position_sd_mm": 30.0,  # unknown lateral placement, for the lateral-view-only vertical offset
-    "wed_calibration_rel_sd": 0.03,
-    "central_fraction": 0.1,  # half-width (fraction of the box width) of the central columns for the AP WEPL
-}
+DEFAULT_OPTIONS: Mapping[str, float] = MEASUREMENT_OPTION_DEFAULTS
 
 
 @dataclass(frozen=True)
@@ -205,10 +178,9 @@ def measure_image(
     study's CT dose (e.g. from its dose report); when absent, CTDIvol (0018,9345) of this image is used and the
     method says so.
     """
-    options = {**DEFAULT_OPTIONS, **dict(settings.options)}
-    geom = geometry_from_dataset(ds, scanner_geometry=tuple(options.get("scanner_geometry", ()) or ()))
-    model = {**DEFAULT_REGION_MODEL, **{str(k).upper(): RegionShape(**dict(v))
-                                        for k, v in dict(options.get("region_model", {}) or {}).items()}}
+    options: dict[str, Any] = {**DEFAULT_OPTIONS, **dict(settings.options)}
+    geom = geometry_from_dataset(ds, scanner_geometry=settings.scanner_geometry)
+    model = {**DEFAULT_REGION_MODEL, **{str(k).upper(): v for k, v in settings.region_model.items()}}
     ctx = _Ctx(ds, geom, options, model, None, None, None, list(geom.notes))
     if pixels is not None:
         arr = np.asarray(pixels)
@@ -558,7 +530,7 @@ def _collimated_field(ds: Dataset, geom: ImageGeometry) -> tuple[tuple[float, fl
         edges = [ds.get(k) for k in ("CollimatorLeftVerticalEdge", "CollimatorRightVerticalEdge",
                                      "CollimatorUpperHorizontalEdge", "CollimatorLowerHorizontalEdge")]
         if "RECTANGULAR" in shape and all(e is not None and e != "" for e in edges):
-            left, right, upper, lower = (float(e) for e in edges)  # type: ignore[arg-type]
+            left, right, upper, lower = (float(e) for e in edges)
             # 1-based inclusive pixel columns/rows -> SCOORD corners
             x0, x1, y0, y1 = left - 1.0, right, upper - 1.0, lower
             x0, x1 = max(0.0, x0), min(float(geom.columns), x1)
@@ -622,10 +594,10 @@ def combine_views(
     else:  # each localizer's plane gives the isocenter along its beam
         iso = np.array([lg.isocenter[0], fg.isocenter[1], fg.isocenter[2]])
         iso_source = "x = lateral localizer plane, y = frontal localizer plane"
-    for name, g in (("frontal", fg), ("lateral", lg)):
-        dev = np.abs(np.asarray(g.isocenter)[:2] - iso[:2])
+    for name, own in (("frontal", fg.isocenter), ("lateral", lg.isocenter)):
+        dev = np.abs(np.asarray(own)[:2] - iso[:2])
         if np.any(dev > 1.0):
-            notes.append(f"{name} view's own isocenter {tuple(round(v, 1) for v in g.isocenter[:2])} differs from"
+            notes.append(f"{name} view's own isocenter {tuple(round(v, 1) for v in own[:2])} differs from"
                          f" the combined one {tuple(round(float(v), 1) for v in iso[:2])} by up to {dev.max():.1f} mm")
     f_fan = {r.label: r for r in sorted(_fans(frontal), key=lambda r: r.score)}
     l_fan = {r.label: r for r in sorted(_fans(lateral), key=lambda r: r.score)}
@@ -655,8 +627,9 @@ def combine_views(
         lu = (b.u_lo + l_shift, b.u_hi + l_shift)
         model = SILHOUETTE_MODELS.get(label, SilhouetteModel())
         # shadows in LPS terms (x: right..left; y: anterior..posterior), relative to the combined isocenter
-        f_lps = tuple(sorted((fx * fu[0], fx * fu[1])))
-        l_lps = tuple(sorted((ly * lu[0], ly * lu[1])))
+        f_lo, f_hi = sorted((fx * fu[0], fx * fu[1]))
+        l_lo, l_hi = sorted((ly * lu[0], ly * lu[1]))
+        f_lps, l_lps = (f_lo, f_hi), (l_lo, l_hi)
         try:
             (x_lo, x_hi), (y_lo, y_hi) = solve_extent(
                 f_lps, l_lps, frontal_sod_mm=fg.sod_mm if f_ok else None, frontal_source_sign=float(np.sign(sf)) or 1.0,

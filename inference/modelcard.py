@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -327,7 +327,7 @@ def _preprocessing(r: _Reader, raw: Any) -> tuple[PreprocessStep, ...]:
     for i, item in enumerate(raw):
         k = keys + (i,)
         if isinstance(item, str):
-            op, params = item, {}
+            op, params = item, cast(Any, {})
         elif isinstance(item, Mapping) and len(item) == 1:
             op, params = next(iter(item.items()))
             params = {} if params is None else params

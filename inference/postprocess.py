@@ -190,15 +190,15 @@ def _decode_torchvision(outputs: dict[str, np.ndarray], spec: OutputSpec, nc: in
         lower = {k.lower() for k in outputs}
         if not {"boxes", "labels", "scores"} <= lower and len(outputs) == 3:
             arrs = list(outputs.values())
-            boxes = [a for a in arrs if a.shape[-1:] == (4,) and a.ndim >= 2]
+            box_like = [a for a in arrs if a.shape[-1:] == (4,) and a.ndim >= 2]
             ints = [a for a in arrs if np.issubdtype(a.dtype, np.integer)]
             floats = [
                 a
                 for a in arrs
                 if np.issubdtype(a.dtype, np.floating) and not (a.ndim >= 2 and a.shape[-1] == 4)
             ]
-            if len(boxes) == 1 and len(ints) == 1 and len(floats) == 1:
-                outputs = {"boxes": boxes[0], "labels": ints[0], "scores": floats[0]}
+            if len(box_like) == 1 and len(ints) == 1 and len(floats) == 1:
+                outputs = {"boxes": box_like[0], "labels": ints[0], "scores": floats[0]}
     r = _assign_roles(outputs, ROLES["torchvision"], spec)
     boxes, labels, scores = r["boxes"], r["labels"], r["scores"]
     if boxes.ndim == 2:

@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 from pydicom.dataset import Dataset
 
+from inference.decoders import decode_pixels
 from inference.modelcard import ModelCard, PreprocessStep
 
 log = logging.getLogger(__name__)
@@ -131,25 +132,12 @@ class PreparedImage:
 
 
 def stored_pixels(ds: Dataset) -> np.ndarray:
-    """Stored pixel values of a dataset (first frame), via dicom_node.decoders when present."""
+    """Stored pixel values of a dataset (first frame), via ``inference.decoders`` (every decoder in turn)."""
     try:
-        from dicom_node.decoders import decode_pixels  # type: ignore[import-not-found]
-    except ImportError:
-        decode_pixels = None
-    if decode_pixels is not None:
-        try:
-            decoded = decode_pixels(ds)
-        except Exception as exc:  # UndecodableImage lists every decoder's reason
-            raise PreprocessingError(f"pixel data could not be decoded: {exc}") from None
-        arr = decoded.pixels if hasattr(decoded, "pixels") else decoded
-    else:
-        try:
-            arr = ds.pixel_array
-        except Exception as exc:  # decoder plugins raise many types; the message is what matters
-            raise PreprocessingError(
-                f"pixel data could not be decoded: {type(exc).__name__}: {exc}"
-            ) from None
-    return np.asarray(arr)
+        decoded = decode_pixels(ds)
+    except Exception as exc:  # UndecodableImage lists every decoder's reason
+        raise PreprocessingError(f"pixel data could not be decoded: {exc}") from None
+    return np.asarray(decoded.pixels)
 
 
 def modality_pixels(ds: Dataset, pixels: np.ndarray) -> np.ndarray:

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from dicom_node.config_schema import TritonSpec
-from inference.backends import Backend, BackendError, BackendTransientError
+
+from inference.backend_base import Backend, BackendError, BackendTransientError
 from inference.modelcard import ModelCard
 
 log = logging.getLogger(__name__)
@@ -252,7 +252,7 @@ class TritonBackend(Backend):
         if server.protocol == "grpc":
             import tritonclient.grpc as mod
         else:
-            import tritonclient.http as mod  # type: ignore[no-redef]
+            import tritonclient.http as mod
         limit = server.max_batch or len(batch)
         if server.max_batch == 0 and self.card.input.batch is None:
             raise BackendError(f"triton model {spec.model!r} on {server.url} has max_batch_size 0, the card a "
@@ -385,12 +385,13 @@ def server_statistics(url: str, model: str, headers: Mapping[str, str] | None = 
         client = httpclient.InferenceServerClient(server.address, ssl=server.tls)
         stats = client.get_inference_statistics(model, headers=headers)
     client.close()
-    out = {"inference_count": 0, "execution_count": 0, "batch_sizes": {}}
+    inferences = executions = 0
+    batch_sizes: dict[int, int] = {}
     for m in stats.get("model_stats", []):
-        out["inference_count"] += int(m.get("inference_count", 0) or 0)
-        out["execution_count"] += int(m.get("execution_count", 0) or 0)
+        inferences += int(m.get("inference_count", 0) or 0)
+        executions += int(m.get("execution_count", 0) or 0)
         for b in m.get("batch_stats", []):
             size = int(b.get("batch_size", 0))
             count = int((b.get("compute_infer") or {}).get("count", 0) or 0)
-            out["batch_sizes"][size] = out["batch_sizes"].get(size, 0) + count
-    return out
+            batch_sizes[size] = batch_sizes.get(size, 0) + count
+    return {"inference_count": inferences, "execution_count": executions, "batch_sizes": batch_sizes}

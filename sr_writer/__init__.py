@@ -1,7 +1,7 @@
 """Result objects sent back to the PACS: TID 1500 SR (primary), secondary capture, GSPS, plain Comprehensive SR.
 
 ``write_results`` is what the pipeline calls; the single writers are exposed for tools and tests. Every object has
-the source's patient and study, its own series per kind, and UIDs from ``dicom_node.uids.result_uids`` (source SOP
+the source's patient and study, its own series per kind, and UIDs from ``nodecore.uids.result_uids`` (source SOP
 Instance UID, model version, kind), so re-processing replaces rather than duplicates.
 """
 

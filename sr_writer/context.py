@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import metadata
 
-from dicom_node.uids import derived_uid
 from inference.types import ModelIdentity
+from nodecore.uids import derived_uid
 
 OUTPUT_KINDS = ("sr", "sc", "gsps", "plain_sr")
 DEFAULT_SERIES_NUMBERS: Mapping[str, int] = {"sr": 9901, "sc": 9902, "gsps": 9903, "plain_sr": 9904}

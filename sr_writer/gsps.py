@@ -7,13 +7,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from copy import deepcopy
 from functools import lru_cache
+from typing import Any
 
 import highdicom as hd
 import numpy as np
 from pydicom.dataset import Dataset
 
-from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements
+from nodecore.uids import result_uids
 from sr_writer.context import ResultContext
 from sr_writer.regions import closed_polyline, region_pairs, tracking
 from sr_writer.render import choose_window, colour_for, modality_values
@@ -139,6 +140,7 @@ def write_gsps(
     layers.append(legend_layer)
     legend_annotation = hd.pr.GraphicAnnotation([ds], legend_layer, graphic_objects=graphics or None,
                                                 text_objects=legend_texts)
+    region_annotations: list[Any]
     if reference:  # every region annotation built and checked by highdicom (~2 ms each)
         region_annotations = [hd.pr.GraphicAnnotation([ds], layer, graphic_objects=g, text_objects=t)
                               for layer, g, t in annotations]

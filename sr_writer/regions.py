@@ -11,8 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dicom_node.uids import derived_uid
 from inference.types import Box, Detection, ImageMeasurements, Quantity, QuantityKind, RegionMeasurement
+from nodecore.uids import derived_uid
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 

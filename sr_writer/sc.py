@@ -10,8 +10,8 @@ import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.uids import result_uids
 from inference.types import Detection, ImageMeasurements, QuantityKind, RegionMeasurement
+from nodecore.uids import result_uids
 from sr_writer.context import ResultContext
 from sr_writer.regions import region_pairs
 from sr_writer.render import DrawRegion, render_annotated, to_display
@@ -136,7 +136,7 @@ def write_sc(
         contributing_equipment=[contributing_equipment(ctx)],
     )
     if orientation is None:
-        sc.PatientOrientation = ""  # unknown: Type 2C, left empty rather than made up
+        sc.PatientOrientation = []  # unknown: Type 2C, left empty rather than made up
     sc.Laterality = header.dataset.get("Laterality", "")  # Type 2C: the source's value, or empty (unknown)
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"

@@ -7,20 +7,22 @@ constructor around a shell root) and reads our SRs back through highdicom.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Sequence as SequenceOf
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
 from highdicom.sr import CodedConcept
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset
+from pydicom.sequence import Sequence
 from pydicom.sr.codedict import codes
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian
 
-from dicom_node.uids import result_uids
 from inference.types import Box, Detection, ImageMeasurements, QuantityKind
+from nodecore.uids import result_uids
 from sr_writer import codes as C
 from sr_writer.context import ResultContext
 from sr_writer.source import SourceHeader, read_source_header
@@ -55,7 +57,10 @@ def contributing_equipment(ctx: ResultContext) -> hd.ContributingEquipment:
     return eq
 
 
-def finish(obj: Dataset, ctx: ResultContext, description: str, uses_private_codes: bool) -> Dataset:
+D = TypeVar("D", bound=Dataset)
+
+
+def finish(obj: D, ctx: ResultContext, description: str, uses_private_codes: bool) -> D:
     """Attributes every result object gets: device identity, series description, private scheme entry."""
     obj.SeriesDescription = description[:64]
     obj.ManufacturerModelName = ctx.manufacturer_model_name
@@ -95,12 +100,12 @@ def fast_document(cls: type, header: SourceHeader, content: bytes, **kwargs: obj
     """
     ds = header.dataset
     shell = hd.sr.ContainerContentItem(name=codes.cid7021.ImagingMeasurementReport, template_id="1500")
-    shell.ContentSequence = [hd.sr.ImageContentItem(
+    shell.ContentSequence = Sequence([hd.sr.ImageContentItem(
         name=CodedConcept("260753009", "SCT", "Source"),
         referenced_sop_class_uid=ds.SOPClassUID,
         referenced_sop_instance_uid=ds.SOPInstanceUID,
         relationship_type=hd.sr.RelationshipTypeValues.CONTAINS,
-    )]
+    )])
     doc = cls(evidence=[ds], content=shell, **kwargs)
     out = Dataset(doc)  # shares the elements; drops highdicom's view of the shell
     out.file_meta = doc.file_meta
@@ -116,7 +121,7 @@ _CONTENT_SEQUENCE = Tag(0x0040A730)
 
 def write_sr(
     source: Dataset,
-    detections: Sequence[Detection],
+    detections: SequenceOf[Detection],
     measurements: ImageMeasurements | None,
     ctx: ResultContext,
     *,
@@ -184,6 +189,7 @@ def _comment(container: Dataset) -> str | None:
 def read_sr(ds: Dataset) -> list[ReadRegion]:
     """Regions of one of our SRs (Comprehensive 3D or plain Comprehensive), parsed with highdicom."""
     sop = str(ds.SOPClassUID)
+    sr: hd.sr.Comprehensive3DSR | hd.sr.ComprehensiveSR
     if sop == COMPREHENSIVE_3D_SR:
         sr = hd.sr.Comprehensive3DSR.from_dataset(ds, copy=True)
     elif sop == COMPREHENSIVE_SR:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import UID, ExplicitVRLittleEndian, generate_uid
 
 from tests.conftest import ROOT, require_tool
 from tests.orthanc import free_port
@@ -285,7 +285,7 @@ def make_small_images(directory: Path, n: int, rows: int = 32, cols: int = 32) -
     for i in range(n):
         ds = Dataset()
         ds.file_meta = FileMetaDataset()
-        ds.file_meta.MediaStorageSOPClassUID = CR
+        ds.file_meta.MediaStorageSOPClassUID = UID(CR)
         uid = generate_uid()
         ds.file_meta.MediaStorageSOPInstanceUID = uid
         ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
@@ -318,7 +318,7 @@ def node(tmp_path: Path) -> Iterator[NodeProcess]:
         proc.close()
 
 
-def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+def wait_until(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
     """Poll ``predicate`` every 0.1 s; AssertionError naming ``what`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:

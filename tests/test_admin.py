@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from pydicom.filereader import read_file_meta_info
 
-from dicom_node.config_schema import Destination, NodeConfig, NodeSettings, RetryPolicy, Timeouts
 from dicom_node.jobqueue import JobQueue, OutboundItem
 from dicom_node.outbound import DestinationSender
-from dicom_node.pipeline import ReceivedObject
+from nodecore.config_schema import Destination, NodeConfig, NodeSettings, RetryPolicy, Timeouts
+from nodecore.received import ReceivedObject
 from tests.conftest import ROOT
 from tests.node_process import make_small_images
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401

@@ -50,6 +50,7 @@ def convdet(tmp_path_factory: pytest.TempPathFactory) -> ModelCard:
     return load_card(factory.write_card(d, data))
 
 
+@pytest.mark.slow  # TorchScript export of a test model (~5 s CPU): in `make test`, not `make test-fast`
 def test_onnxruntime_torch_parity(convdet: ModelCard) -> None:
     rng = np.random.default_rng(0)
     batch = rng.uniform(0, 1, size=(3, 1, SIZE, SIZE)).astype(np.float32)
@@ -61,6 +62,7 @@ def test_onnxruntime_torch_parity(convdet: ModelCard) -> None:
     assert float(np.max(np.abs(a - b))) < 1e-4
 
 
+@pytest.mark.slow  # loads torch (~5 s CPU): in `make test`, not `make test-fast`
 def test_detector_parity_on_a_real_localizer(convdet: ModelCard, realdata_dir: Path) -> None:
     ds = pydicom.dcmread(realdata_dir / "loc_philips_surview_fodicom_GH342.dcm")
     d_ort = Detector.from_card(convdet, "onnxruntime")
@@ -119,7 +121,7 @@ def test_engine_cache_key_covers_every_dependency(tmp_path: Path) -> None:
 
 
 def test_build_engines_without_tensorrt_exits_zero(capsys: pytest.CaptureFixture[str]) -> None:
-    from inference.infer_cli import run_build_engines
+    from dicom_node.infer_cli import run_build_engines
 
     if availability()["tensorrt"] is None:
         pytest.skip(

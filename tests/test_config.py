@@ -14,18 +14,20 @@ import pytest
 
 from dicom_node import cli
 from dicom_node.config import (
-    DEFAULT_SOP_CLASSES,
-    SOP_CLASS_ALIASES,
-    TRANSFER_SYNTAX_ALIASES,
     ConfigError,
     ConfigHolder,
     ConfigIssue,
     load_config,
     parse_config_text,
+)
+from dicom_node.routing import AllOf
+from nodecore.config_schema import OUTPUT_KINDS, Caller, NodeSettings, RegionShape, Timeouts
+from nodecore.sopclasses import (
+    DEFAULT_SOP_CLASSES,
+    SOP_CLASS_ALIASES,
+    TRANSFER_SYNTAX_ALIASES,
     resolve_uid,
 )
-from dicom_node.config_schema import OUTPUT_KINDS, Caller, NodeSettings, Timeouts
-from dicom_node.routing import AllOf
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -95,9 +97,9 @@ def test_example_commented_cascade_and_calibration_are_valid(tmp_path: Path) -> 
     config = load_config(path)
     assert [r.name for r in config.routes] == ["ct-localizer", "radiograph-out-of-scope", "radiograph", "chest-cascade"]
     assert config.models["chest_gate"].card == str(tmp_path / "models" / "chest_gate.yaml")
-    loc = config.routes[0].pipeline.detectors[0]  # type: ignore[union-attr]
+    loc = config.routes[0].pipeline.detectors[0]
     assert (loc.score_threshold, loc.nms_iou) == (0.3, 0.5)
-    cascade = config.routes[3].pipeline.detectors[0]  # type: ignore[union-attr]
+    cascade = config.routes[3].pipeline.detectors[0]
     assert (cascade.model, cascade.gate, cascade.gate_classes, cascade.gate_threshold) == (
         "reference",
         "chest_gate",
@@ -182,7 +184,11 @@ def test_every_node_setting(tmp_path: Path) -> None:
             - match: {Manufacturer: Philips, ManufacturerModelName: Brilliance 64}
               slope_mm_per_unit: 0.1
               offset: -1000
-          options: {water_hu: 0}
+          options:
+            table_pad_mm: 30
+            scanner_geometry:
+              - {match: {Manufacturer: Philips}, sod_mm: 570, sid_mm: 1040, frontal_view_position: pa}
+            region_model: {chest: {density: 1.1, posterior_mm: 20}}
         """
     )
     path = tmp_path / "full.yaml"
@@ -245,7 +251,12 @@ def test_every_node_setting(tmp_path: Path) -> None:
     cal = config.measurement.scanner_calibrations[0]
     assert dict(cal.match) == {"Manufacturer": "Philips", "ManufacturerModelName": "Brilliance 64"}
     assert (cal.slope_mm_per_unit, cal.offset) == (0.1, -1000.0)
-    assert dict(config.measurement.options) == {"water_hu": 0}
+    assert dict(config.measurement.options) == {"table_pad_mm": 30.0}
+    (geo,) = config.measurement.scanner_geometry
+    assert (dict(geo.match), geo.sod_mm, geo.sid_mm, geo.frontal_view_position) == (
+        {"Manufacturer": "Philips"}, 570.0, 1040.0, "PA")
+    assert geo.lateral_view_position == "" and geo.source is not None and geo.source.line == 56
+    assert dict(config.measurement.region_model) == {"CHEST": RegionShape(density=1.1, posterior_mm=20.0)}
     # the storage override (serve --storage) replaces node.storage
     assert load_config(path, storage_override=tmp_path / "other").node.storage == tmp_path / "other"
 
@@ -506,6 +517,70 @@ def test_calibration_errors() -> None:
     ]
 
 
+def test_check_config_rejects_bad_scanner_geometry(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue 11: the source distances behind every reported millimetre are checked like every other key."""
+    path = tmp_path / "geometry.yaml"
+    path.write_text(textwrap.dedent("""\
+        measurement:
+          options:
+            scanner_geometry:
+              - match: {Manufactuer: Philips}
+                sod_mm: "six hundred"
+                sid_m: 1040
+              - match: {Manufacturer: GE, StationName: ""}
+                sod_mm: 1100
+                sid_mm: 1000
+                lateral_view_position: AP
+              - {match: {Manufacturer: Siemens}}
+            table_pad: 30
+            central_fraction: 2
+            region_model: {CHEST: {densty: 1}}
+        """))
+    assert cli.main(["check-config", str(path)]) == 1
+    err = capsys.readouterr().err
+    p = "measurement.options"
+    for line in (
+        f"{path}:4: {p}.scanner_geometry[0].match.Manufactuer: unknown DICOM keyword 'Manufactuer' (did you mean "
+        "'Manufacturer'?)",
+        f"{path}:5: {p}.scanner_geometry[0].sod_mm: expected a number, got string 'six hundred'",
+        f"{path}:6: {p}.scanner_geometry[0].sid_m: unknown key 'sid_m' (did you mean 'sid_mm'?)",
+        f"{path}:7: {p}.scanner_geometry[1].match.StationName: must not be empty (an image without the attribute "
+        "never matches)",
+        f"{path}:10: {p}.scanner_geometry[1].lateral_view_position: 'AP' is not one of LL, RL",
+        f"{path}:11: {p}.scanner_geometry[2]: names a scanner but sets nothing (sod_mm, sid_mm, "
+        "frontal_view_position, lateral_view_position)",
+        f"{path}:12: {p}.table_pad: unknown key 'table_pad' (did you mean 'table_pad_mm'?)",
+        f"{path}:13: {p}.central_fraction: 2 must be <= 0.5",
+        f"{path}:14: {p}.region_model.CHEST.densty: unknown key 'densty' (did you mean 'density'?)",
+    ):
+        assert line in err, (line, err)
+    path.write_text("measurement:\n  options:\n    scanner_geometry:\n      - {match: {Manufacturer: GE}, "
+                    "sod_mm: 1100, sid_mm: 1000}\n")
+    assert cli.main(["check-config", str(path)]) == 1
+    assert f"{path}:4: {p}.scanner_geometry[0].sod_mm: 1100 mm is not below sid_mm (1000 mm)" in capsys.readouterr().err
+
+
+def test_model_options_are_checked() -> None:
+    text = """\
+    models:
+      m:
+        card: "builtin:reference"
+        options: {thread: 2, precision: int8, workspace_mb: -1, device: gpu0, fp16: "yes"}
+    """
+    assert errors_of(text) == [
+        "t.yaml:4: models.m.options.thread: unknown key 'thread' (did you mean 'threads'?)",
+        "t.yaml:4: models.m.options.workspace_mb: -1 is out of range (16-1048576)",
+        "t.yaml:4: models.m.options.device: 'gpu0' is not a torch device (cpu, cuda, cuda:N)",
+        "t.yaml:4: models.m.options.fp16: expected true or false, got string 'yes'",
+    ]
+    config = parse_config_text('models:\n  m: {card: "builtin:reference", options: {threads: 2, precision: fp32}}\n')
+    assert dict(config.models["m"].options) == {"threads": 2, "precision": "fp32"}
+    assert errors_of('models:\n  m:\n    card: "builtin:reference"\n    options: {precision: int8}\n') == [
+        "t.yaml:4: models.m.options.precision: int8 needs options.calibration (a folder of representative DICOM "
+        "files)"
+    ]
+
+
 def test_all_errors_collected_and_formatted(tmp_path: Path) -> None:
     path = tmp_path / "many.yaml"
     path.write_text("node:\n  port: 0\n  workers: x\nmodels:\n  m: {}\nroutes: 5\nextra: 1\n")
@@ -536,15 +611,28 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_config(binary)
 
 
-def test_aliases_agree_with_sopclasses_tables() -> None:
-    from dicom_node import sopclasses
+def test_one_uid_table_built_on_pydicom() -> None:
+    """The node's only SOP class / transfer syntax table: every alias is of its kind by pydicom's public UID API,
+    the keyword of every default class resolves to it, and the receive defaults are all decodable syntaxes."""
+    from pydicom.uid import UID
 
-    for uid, (keyword, alias) in sopclasses.STORAGE_SOP_CLASSES.items():
-        assert SOP_CLASS_ALIASES[alias] == uid
-        assert resolve_uid(keyword, "SOP Class") == uid
-    assert set(DEFAULT_SOP_CLASSES) == set(sopclasses.DEFAULT_SOP_CLASSES)
-    for uid, name in sopclasses.TRANSFER_SYNTAXES.items():
-        assert TRANSFER_SYNTAX_ALIASES[name] == uid
+    from nodecore import sopclasses
+
+    for alias, uid in SOP_CLASS_ALIASES.items():
+        assert UID(uid).type == "SOP Class", alias
+        assert resolve_uid(UID(uid).keyword, "SOP Class") == uid == resolve_uid(alias.upper(), "SOP Class")
+    for alias, uid in TRANSFER_SYNTAX_ALIASES.items():
+        assert UID(uid).is_transfer_syntax, alias
+        assert resolve_uid(UID(uid).keyword, "Transfer Syntax") == uid
+    assert DEFAULT_SOP_CLASSES == tuple(SOP_CLASS_ALIASES.values())
+    assert set(sopclasses.DEFAULT_TRANSFER_SYNTAXES) < set(TRANSFER_SYNTAX_ALIASES.values())
+    assert sopclasses.EXPLICIT_VR_BE not in sopclasses.DEFAULT_TRANSFER_SYNTAXES
+    with pytest.raises(ValueError, match="is a Transfer Syntax, not a SOP Class"):
+        resolve_uid("ExplicitVRLittleEndian", "SOP Class")
+    with pytest.raises(ValueError, match="did you mean 'CTImageStorage'"):
+        resolve_uid("CTImageStorag", "SOP Class")
+    source = (ROOT / "nodecore" / "sopclasses.py").read_text() + (ROOT / "dicom_node" / "config.py").read_text()
+    assert "_uid_dict" not in source
 
 
 # ------------------------------------------------------------------------------------------ reload
@@ -674,9 +762,11 @@ def test_anchors_merge_keys_and_extension_keys() -> None:
 def test_alias_bomb_is_linear() -> None:
     lines = ["x-0: &a0 [a, a, a, a, a, a, a, a, a, a]"]
     lines += [f"x-{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
-    lines.append('models:\n  m: {card: "builtin:reference", options: {big: *a8}}')
+    lines.append("routes:\n  - {name: r, match: {attribute: Modality, equals: CT}, pipeline: {name: decode, "
+                 "options: {big: *a8}}}")
     config = parse_config_text("\n".join(lines) + "\n")  # 10**9 leaves if expanded: must not be
-    assert len(config.models["m"].options["big"]) == 10
+    pipeline = config.routes[0].pipeline
+    assert pipeline is not None and len(pipeline.options["big"]) == 10
 
 
 @pytest.mark.slow
@@ -710,7 +800,10 @@ def test_check_config_warns_about_cards(tmp_path: Path, capsys: pytest.CaptureFi
 
 def test_config_backends_match_the_engine() -> None:
     """Every backend the engine can open is accepted in models.<name>.backend, and no other."""
-    from dicom_node.config import _BACKENDS
     from inference.backends import BACKENDS
+    from nodecore.config_schema import MODEL_BACKENDS
 
-    assert set(_BACKENDS) == set(BACKENDS)
+    assert BACKENDS is MODEL_BACKENDS  # one table
+    for name in BACKENDS:
+        assert parse_config_text(f'models:\n  m: {{card: "builtin:reference", backend: {name}}}\n').models["m"]
+    assert "did you mean 'tensorrt'" in errors_of('models:\n  m: {card: "builtin:reference", backend: tensorrtt}\n')[0]

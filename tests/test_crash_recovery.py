@@ -14,6 +14,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom.filereader import read_file_meta_info
@@ -77,15 +78,15 @@ def test_kill9_mid_stream_then_restart_delivers_each_acknowledged_object(
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             counts = queue.job_counts()
-            out = queue.outbound_summary().get("pacs", {})
-            if counts["pending"] == counts["running"] == 0 and out.get("pending", 1) == out.get("sending", 1) == 0:
+            pacs = queue.outbound_summary().get("pacs", {})
+            if counts["pending"] == counts["running"] == 0 and pacs.get("pending", 1) == pacs.get("sending", 1) == 0:
                 break
             time.sleep(0.2)
         assert node.stop() == 0
     finally:
         node.close()
 
-    jobs = {}
+    jobs: dict[str, list[Any]] = {}
     for j in queue.recent_jobs(10_000):
         jobs.setdefault(j.sop_instance_uid, []).append(j)
     for u in expected:

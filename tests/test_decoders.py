@@ -11,10 +11,10 @@ import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless
 
-from dicom_node.config_schema import NodeConfig, NodeSettings, PipelineSpec, Route
 from dicom_node.decode_pipeline import DecodePipeline
-from dicom_node.decoders import UndecodableImage, decode_pixels
 from dicom_node.pipeline import ReceivedObject, build_pipeline
+from inference.decoders import UndecodableImage, decode_pixels
+from nodecore.config_schema import NodeConfig, NodeSettings, PipelineSpec, Route
 from tests.conftest import require_tool
 
 HARD = "hard_cr_wg04_RG2_hip_JPLY_12bit_invalid_SOS.dcm"

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dicom_node.config_schema import ScannerCalibration
 from inference import dose
+from nodecore.config_schema import ScannerCalibration
 
 # AAPM Report 204 conversion factors as tabulated to two decimals (Table 1D: 32 cm phantom, Table 2D: 16 cm
 # phantom, against effective diameter in cm). 8 cm -> 2.76 and 20 cm -> 1.78 are quoted from Table 1D; the other

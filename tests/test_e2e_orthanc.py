@@ -19,8 +19,8 @@ import pytest
 import yaml
 
 from dicom_node.jobqueue import JobQueue
-from dicom_node.uids import result_uids
 from inference.types import QuantityKind
+from nodecore.uids import result_uids
 from tests.conftest import ROOT
 from tests.node_process import NodeProcess, node, storescu  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401

@@ -15,11 +15,11 @@ import pytest
 from pydicom.dataset import Dataset
 
 from dicom_node.cli import main as cli_main
-from dicom_node.config_schema import DetectorSpec, ModelSpec
 from inference.cascade import models_to_preload, run_cascade, run_detectors
 from inference.engine import DetectItem, Detector, DetectorPool, MicroBatcher
 from inference.modelcard import ModelCard, ModelCardError, load_card
 from inference.preprocessing import PreprocessingError, stored_pixels
+from nodecore.config_schema import DetectorSpec, ModelSpec
 from tests import onnx_factory as factory
 
 RECT = (100, 60, 300, 200)
@@ -75,7 +75,7 @@ def test_microbatcher_errors_and_lifecycle() -> None:
 
 
 def test_microbatcher_close_runs_what_is_queued() -> None:
-    mb = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=100, max_wait_ms=60_000)
+    mb: MicroBatcher[int, int] = MicroBatcher(lambda items: [x + 1 for x in items], max_batch=100, max_wait_ms=60_000)
     fut = mb.submit(41)
     mb.close()
     assert fut.result(timeout=5) == 42

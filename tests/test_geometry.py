@@ -23,6 +23,7 @@ from inference.geometry import (
     table_move_instruction,
 )
 from inference.types import GeometryLevel
+from nodecore.config_schema import ScannerGeometry
 
 
 def localizer(
@@ -280,14 +281,32 @@ def test_lateral_isocenter_from_the_central_ray_when_the_convention_fails() -> N
 def test_scanner_geometry_configuration_fills_what_the_header_lacks() -> None:
     ds = localizer(sod=None, sid=None)
     ds.Manufacturer = "Philips"
-    cfg = [{"match": {"Manufacturer": "philips"}, "sod_mm": 570, "sid_mm": 1040, "frontal_view_position": "PA"}]
+    cfg = [ScannerGeometry({"Manufacturer": "philips"}, sod_mm=570, sid_mm=1040, frontal_view_position="PA")]
     g = geometry_from_dataset(ds, scanner_geometry=cfg)
     assert g.sod_mm == 570.0 and g.sid_mm == 1040.0 and g.source_direction == (0.0, 1.0, 0.0)
     assert any("site configuration" in n for n in g.notes)
     # the header wins over the configuration
     ds.DistanceSourceToPatient = 600
     assert geometry_from_dataset(ds, scanner_geometry=cfg).sod_mm == 600.0
-    assert geometry_from_dataset(ds, scanner_geometry=[{"match": {"Manufacturer": "GE"}, "sod_mm": 1}]).sid_mm is None
+    assert geometry_from_dataset(ds, scanner_geometry=[ScannerGeometry({"Manufacturer": "GE"}, sod_mm=1)]).sid_mm is None
+
+
+def test_one_scanner_matching_rule_for_geometry_and_calibration() -> None:
+    """A missing or empty attribute never matches, in geometry.py and dose.py alike (nodecore.scanners)."""
+    from inference.dose import match_calibration
+    from inference.geometry import match_scanner
+    from nodecore.config_schema import ScannerCalibration
+
+    ds = localizer(sod=None, sid=None)
+    ds.Manufacturer = "  Philips "
+    geometry = ScannerGeometry({"Manufacturer": "PHILIPS", "StationName": "CT1"}, sod_mm=570)
+    calibration = ScannerCalibration({"Manufacturer": "PHILIPS", "StationName": "CT1"}, 0.1)
+    assert match_scanner(ds, [geometry]) is None and match_calibration(ds, [calibration]) is None  # no StationName
+    ds.StationName = ""
+    assert match_scanner(ds, [geometry]) is None and match_calibration(ds, [calibration]) is None  # empty
+    ds.StationName = "ct1"
+    assert match_scanner(ds, [geometry]) is geometry and match_calibration(ds, [calibration]) is calibration
+    assert geometry_from_dataset(ds, scanner_geometry=[geometry]).sod_mm == 570.0
 
 
 @given(st.floats(-150, 150), st.floats(-150, 150), st.floats(20, 200), st.floats(20, 150))

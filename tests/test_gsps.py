@@ -83,6 +83,7 @@ def _same(fast, ref) -> None:
     assert _encoded(fast) == _encoded(ref)
 
 
+@pytest.mark.slow  # byte-for-byte against the highdicom builder on every real file: in `make test` only
 def test_fast_annotations_equal_highdicom_built(realdata_files: list[Path], realdata_dir: Path) -> None:
     """Region annotations assembled from the legend's (default) give the dataset highdicom builds (reference)."""
     from sr_writer.source import read_source_header

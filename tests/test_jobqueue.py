@@ -197,6 +197,7 @@ def _claimer(db: str, worker: str, out: mp.Queue) -> None:
     got = []
     while (obj := q.claim_job(worker)) is not None:
         got.append(obj.job_id)
+        assert obj.job_id is not None
         q.finish_job(obj.job_id, status="done", summary={"worker": worker})
     out.put(got)
 

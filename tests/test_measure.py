@@ -14,10 +14,10 @@ from pydicom.pixels import apply_modality_lut
 
 from bench.geometry_accuracy import collect, simulator_settings, summarise
 from dicom_node.cli import main as cli_main
-from dicom_node.config_schema import MeasurementSettings, ScannerCalibration
 from inference.measure import combine_views, measure_image
 from inference.types import Box, CodedConcept, Detection, GeometryLevel, ModelIdentity
 from inference.types import QuantityKind as K
+from nodecore.config_schema import MeasurementSettings, ScannerCalibration
 
 MODEL = ModelIdentity("labels", "1")
 

@@ -25,7 +25,7 @@ from dicom_node.metrics import (
     health,
     render,
 )
-from dicom_node.pipeline import ReceivedObject
+from nodecore.received import ReceivedObject
 from tests.conftest import require_tool
 from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu  # noqa: F401
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
@@ -211,7 +211,7 @@ def get(url: str) -> tuple[int, str]:
         return exc.code, exc.read().decode()
 
 
-def _wait_metric(url: str, predicate, timeout_s: float, what: str) -> dict[Sample, float]:  # type: ignore[no-untyped-def]
+def _wait_metric(url: str, predicate, timeout_s: float, what: str) -> dict[Sample, float]:
     deadline = time.monotonic() + timeout_s
     samples: dict[Sample, float] = {}
     while time.monotonic() < deadline:

@@ -14,9 +14,9 @@ from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import ComputedRadiographyImageStorage  # type: ignore[attr-defined]
 
-from dicom_node.config_schema import Destination, RetryPolicy, Timeouts
 from dicom_node.netutil import wait_port
 from dicom_node.outbound import Outcome, classify_status, echo, next_delay_s, parse_peer, store_files
+from nodecore.config_schema import Destination, RetryPolicy, Timeouts
 from tests.conftest import require_tool
 from tests.orthanc import Orthanc, free_port, orthanc  # noqa: F401
 
@@ -168,8 +168,8 @@ def test_sender_backs_off_while_pacs_is_down_then_delivers(
         retries = [r.getMessage() for r in caplog.records if "outbound retry" in r.getMessage()]
         uid0 = str(read_file_meta_info(files[0]).MediaStorageSOPInstanceUID)
         mine = [m for m in retries if uid0 in m]
-        attempts = [int(re.search(r"attempt=(\d+)/100", m).group(1)) for m in mine]  # type: ignore[union-attr]
-        delays = [float(re.search(r"next_try_in=([\d.]+)s", m).group(1)) for m in mine]  # type: ignore[union-attr]
+        attempts = [int(re.search(r"attempt=(\d+)/100", m).group(1)) for m in mine]
+        delays = [float(re.search(r"next_try_in=([\d.]+)s", m).group(1)) for m in mine]
         assert attempts[:4] == [1, 2, 3, 4], mine
         assert delays[:4] == [0.3, 0.6, 1.0, 1.0], mine
         assert all("reason=connection refused" in m and "destination=pacs" in m for m in mine)

@@ -15,8 +15,8 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian
 from pynetdicom import AE, _config
 
-from dicom_node.config_schema import Caller
-from dicom_node.sopclasses import DEFAULT_SOP_CLASSES, TRANSFER_SYNTAXES
+from nodecore.config_schema import Caller
+from nodecore.sopclasses import DEFAULT_SOP_CLASSES, TRANSFER_SYNTAXES
 from tests.conftest import require_tool
 from tests.test_scp import Node
 
@@ -136,6 +136,7 @@ def test_every_file_and_syntax_stored_byte_identical(node: Node, realdata_files:
         meta = pydicom.dcmread(obj.path, stop_before_pixels=True).file_meta
         assert meta.TransferSyntaxUID == source_meta.TransferSyntaxUID
         assert meta.SourceApplicationEntityTitle == "CT1"
+        assert obj.job_id is not None
         job = node.queue.get_job(obj.job_id)
         assert job is not None and job.status == "pending" and job.sop_instance_uid == obj.sop_instance_uid
         syntaxes.add(obj.transfer_syntax_uid)

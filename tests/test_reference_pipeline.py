@@ -7,7 +7,7 @@ it (``config/example.yaml`` routes), without the network:
   dcmtk is missing, ends with a clear decode error); images without an anatomy class give a valid SR with few or no
   regions;
 * outputs exactly per ``route.outputs``, with deterministic UIDs (processing twice gives the same SOP Instance UIDs,
-  those of ``dicom_node.uids.result_uids``).
+  those of ``nodecore.uids.result_uids``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,12 @@ import pytest
 import yaml
 
 from dicom_node.config import load_config
-from dicom_node.config_schema import NodeConfig, Route
 from dicom_node.pipeline import ReceivedObject
 from dicom_node.routing import select_route
-from dicom_node.uids import result_uids
 from dicom_node.workers import result_kind
 from inference.types import QuantityKind
+from nodecore.config_schema import NodeConfig, Route
+from nodecore.uids import result_uids
 from tests.conftest import ROOT
 
 # A candidate model can be tried with the same tests: DICOM_NODE_TEST_REFERENCE_CARD=/path/card.yaml
@@ -71,7 +71,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> NodeConfig:
 
 @pytest.fixture(scope="module")
 def pipeline(config: NodeConfig) -> Any:
-    from inference.reference_pipeline import ReferencePipeline
+    from dicom_node.reference_pipeline import ReferencePipeline
 
     p = ReferencePipeline(config)
     yield p

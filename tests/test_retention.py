@@ -18,11 +18,11 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydicom.filereader import read_file_meta_info
 
-from dicom_node.config_schema import RetentionPolicy
 from dicom_node.jobqueue import JobQueue, OutboundItem
-from dicom_node.pipeline import ReceivedObject
 from dicom_node.retention import DAY_S, run_retention, spool_usage
 from dicom_node.spool import Spool
+from nodecore.config_schema import RetentionPolicy
+from nodecore.received import ReceivedObject
 from tests.conftest import ROOT
 from tests.node_process import NodeProcess, make_small_images, node, node_config, storescu, wait_until  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401

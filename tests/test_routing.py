@@ -16,8 +16,8 @@ from pydicom.dataset import Dataset
 
 from dicom_node import cli
 from dicom_node.config import ConfigError, LocatedMap, load_config, parse_config_text
-from dicom_node.config_schema import SourceLocation
 from dicom_node.routing import compile_match, is_phi, parse_tag, select_route
+from nodecore.config_schema import SourceLocation
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "config" / "example.yaml"
@@ -328,12 +328,10 @@ def test_compile_errors_collected() -> None:
 def test_compile_error_lines_from_yaml() -> None:
     import yaml
 
-    from dicom_node.config import _LineLoader
+    from dicom_node.config_yaml import parse_yaml
 
     text = "all:\n  - attribute: Modality\n    equals: CT\n  - attribute: ImageType\n    regex: '(['\n"
-    loader = _LineLoader(text)
-    expr = loader.get_single_data()
-    loader.dispose()
+    expr = parse_yaml(text, "t.yaml")
     assert isinstance(expr, LocatedMap) and not isinstance(expr, yaml.Node)
     errors = _errors(expr)
     assert errors[0].startswith("t.yaml:5: routes[0].match.all[1].regex: invalid regular expression '(['")

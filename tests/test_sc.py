@@ -10,7 +10,7 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.uids import result_uids
+from nodecore.uids import result_uids
 from sr_writer import write_sc
 from sr_writer.render import colour_for, to_display
 from tests.test_sr import LOCALIZER, MODEL, ctx, hand_measurements, labelled_detections, roundtrip

@@ -21,12 +21,12 @@ from pynetdicom.sop_class import (
     Verification,
 )
 
-from dicom_node.config_schema import Caller, NodeConfig, NodeSettings, Timeouts
 from dicom_node.jobqueue import JobQueue
 from dicom_node.logsafe import PhiFilter, PhiSafeFormatter, describe, redact, set_debug_phi
-from dicom_node.pipeline import ReceivedObject
 from dicom_node.scp import StorageSCP
 from dicom_node.spool import PREAMBLE, Spool, encode_file_meta
+from nodecore.config_schema import Caller, NodeConfig, NodeSettings, Timeouts
+from nodecore.received import ReceivedObject
 
 CR = str(ComputedRadiographyImageStorage)
 

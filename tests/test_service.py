@@ -226,6 +226,58 @@ def test_a_dead_worker_is_replaced_and_its_job_runs_again(
     assert node.stop() == 0
 
 
+def test_workers_never_read_the_file_on_disk_a_respawned_worker_runs_the_loaded_configuration(
+    node: NodeProcess, tmp_path: Path  # noqa: F811
+) -> None:
+    """Issue 11: a configuration saved without SIGHUP (invalid, or valid but different) must neither stop the node
+    when a worker dies nor change what the replacement runs: workers get the main process's validated config."""
+    import os
+
+    loaded = node_config(node.port, node.storage, None, workers=1, pipeline="decode", forward_original=False)
+    node.write_config(loaded)
+    node.start()
+    queue = JobQueue(node.storage / "queue.sqlite3")
+    files = make_small_images(tmp_path / "in", 4)
+
+    def kill_the_worker(count: int) -> None:
+        (victim,) = node.workers()
+        os.kill(victim, signal.SIGKILL)
+        node.wait_log(rf"worker 0 \(pid {victim}\) died with exit code -9; starting a replacement", 15)
+        node.wait_log(r"worker 0 ready \(pid", 60, count=count)
+
+    def processed(path: Path) -> str:
+        uid = uid_of(path)
+        wait_until(lambda: any(j.sop_instance_uid == uid and j.status != "pending" and j.status != "running"
+                               for j in queue.recent_jobs(20)), 60, f"the job of {path.name}")
+        return next(j for j in queue.recent_jobs(20) if j.sop_instance_uid == uid).status
+
+    # 1. an invalid file on disk, no SIGHUP: before issue 11 every replacement died with ConfigError and the node
+    #    stopped after five start-up deaths
+    node.config_path.write_text(loaded.replace("one_of: [CR, DX, CT]", "one_off: [CR]") + "bogus: [\n")
+    kill_the_worker(2)
+    out = storescu(node.port, files[:2])
+    assert len(out.succeeded) == 2, out.output
+    assert [processed(f) for f in files[:2]] == ["done", "done"]  # decoded by the loaded route
+    assert node.proc is not None and node.proc.poll() is None, node.log()[-3000:]
+
+    # 2. a valid but different file on disk, no SIGHUP: the replacement still runs the loaded routes (CR is
+    #    processed, not dropped as the file on disk would have it)
+    node.config_path.write_text(loaded.replace("one_of: [CR, DX, CT]", "one_of: [CT]"))
+    kill_the_worker(3)
+    out = storescu(node.port, files[2:3])
+    assert len(out.succeeded) == 1, out.output
+    assert processed(files[2]) == "done"
+    assert "ConfigError" not in node.log() and "stopping:" not in node.log()
+
+    # 3. SIGHUP now applies the valid file: the worker takes generation 1 over from the main process
+    node.signal(signal.SIGHUP)
+    node.wait_log(r"configuration generation 1 loaded", 30)
+    out = storescu(node.port, files[3:4])
+    assert len(out.succeeded) == 1, out.output
+    assert processed(files[3]) == "dropped"
+    assert node.stop() == 0
+
+
 class LabelsPipeline:
     """A real pipeline whose detector is the ground truth: labels.json boxes of the file, then the real measurement
     code and the real result writers. It exercises the worker's result path without needing a trained model."""
@@ -238,7 +290,7 @@ class LabelsPipeline:
 
         self.labels = {i["file"]: i for i in json.loads((realdata / "labels.json").read_text())["images"]}
 
-    def process(self, obj, route):  # type: ignore[no-untyped-def]
+    def process(self, obj, route):
         import pydicom
 
         from dicom_node.pipeline import PipelineOutcome
@@ -282,7 +334,11 @@ def test_worker_writes_results_atomically_and_queues_each_for_each_destination(
     obj = queue.claim_job("test")
     assert obj is not None
     built: list[str] = []
-    pipelines = PipelineCache(config, builder=lambda name, cfg: built.append(name) or LabelsPipeline(realdata_dir))
+    def builder(name: str, cfg: object) -> LabelsPipeline:
+        built.append(name)
+        return LabelsPipeline(realdata_dir)
+
+    pipelines = PipelineCache(config, builder=builder)
     pipelines.build_all()
     result = process_job(obj, config, pipelines, spool)
     assert built == ["decode"]  # built once per configuration, not per job

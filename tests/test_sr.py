@@ -17,7 +17,6 @@ import pydicom
 import pytest
 from pydicom.dataset import Dataset
 
-from dicom_node.uids import result_uids
 from inference.types import (
     Box,
     CodedConcept,
@@ -29,6 +28,7 @@ from inference.types import (
     QuantityKind,
     RegionMeasurement,
 )
+from nodecore.uids import result_uids
 from sr_writer import ResultContext, read_image_notes, read_sr, write_plain_sr, write_results, write_sr
 from sr_writer import codes as C
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from inference.training.data import (
 )
 
 
-def _png(path: Path, rows: int, cols: int, boxes: list[tuple[float, float, float, float]] = ()) -> None:
+def _png(path: Path, rows: int, cols: int, boxes: Sequence[tuple[float, float, float, float]] = ()) -> None:
     """A dark image with a bright rectangle per box (x1 y1 x2 y2 in pixel corners)."""
     a = np.full((rows, cols), 20, np.uint8)
     for x0, y0, x1, y1 in boxes:
@@ -197,6 +198,7 @@ def _toy_yolo(root: Path, n: int = 12) -> Path:
     return root
 
 
+@pytest.mark.slow  # a real (short) training run with torch: in `make test`, not `make test-fast`
 def test_training_loop_loss_decreases_and_export_loads(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     from inference.modelcard import load_card

@@ -18,7 +18,7 @@ import pytest
 from pydicom import dcmread
 
 from dicom_node.jobqueue import JobQueue
-from inference.triton_export import export_repository
+from dicom_node.triton_export import export_repository
 from tests.node_process import NodeProcess, storescu, wait_until
 from tests.triton_server import TritonServer, metric_sum
 

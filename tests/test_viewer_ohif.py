@@ -25,8 +25,8 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.uids import derived_uid
 from dicom_node.workers import result_kind
+from nodecore.uids import derived_uid
 from sr_writer import read_sr
 from sr_writer.regions import display_names
 from tests.ohif import OhifServer, require_viewer, run_node
@@ -103,7 +103,7 @@ def _sources(realdata_files: list[Path], tmp: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def viewer_setup(realdata_files: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Any:
     require_viewer()
-    from inference.reference_pipeline import ReferencePipeline
+    from dicom_node.reference_pipeline import ReferencePipeline
 
     tmp = tmp_path_factory.mktemp("viewer")
     orthanc = Orthanc(tmp / "orthanc", dicomweb=True)

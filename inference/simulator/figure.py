@@ -27,7 +27,7 @@ def _to_image(a: np.ndarray, mono1: bool, height: int) -> tuple[Image.Image, flo
         im = 1 - im
     img = Image.fromarray((im * 255).astype(np.uint8)).convert("RGB")
     scale = height / a.shape[0]
-    return img.resize((int(round(img.width * scale)), height), Image.LANCZOS), scale
+    return img.resize((int(round(img.width * scale)), height), Image.Resampling.LANCZOS), scale
 
 
 def real_image(name: str, height: int = 420) -> Image.Image:

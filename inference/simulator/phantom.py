@@ -473,12 +473,12 @@ def build_phantom(subject: Subject) -> Phantom:  # noqa: C901 - one anatomical r
         lb = np.array([tb[-2] * 0.5, 62.0 * f + 20.0 * g, 50.0 * f + 8.0 * g, 45.0 * f + 8.0 * g])
         lx = np.array([side * ta[-2] / 2.0, side * 92.0 * f, side * 86.0 * f, side * 86.0 * f])
 
-        lift = np.array([0.45 * tb[-2], 0.1 * tb[-2], 0.0, 0.0])  # the thigh top starts inside the trunk
+        thigh_lift = np.array([0.45 * tb[-2], 0.1 * tb[-2], 0.0, 0.0])  # the thigh top starts inside the trunk
 
-        leg_a, leg_b, leg_x, leg_lift = (_Profile(lz, v) for v in (la, lb, lx, lift))
+        leg_a, leg_b, leg_x, leg_lift = (_Profile(lz, v) for v in (la, lb, lx, thigh_lift))
 
-        def leg_params(zq: np.ndarray, leg_a=leg_a, leg_b=leg_b, leg_x=leg_x, leg_lift=leg_lift
-                       ) -> tuple[np.ndarray, ...]:
+        def leg_params(zq: np.ndarray, leg_a: _Profile = leg_a, leg_b: _Profile = leg_b, leg_x: _Profile = leg_x,
+                       leg_lift: _Profile = leg_lift) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
             a = leg_a(zq)
             b = leg_b(zq)
             return leg_x(zq), -b - leg_lift(zq), a, b

@@ -52,7 +52,7 @@ class Placement:
         o = [rays.o[i] - t[i] for i in range(3)]
         ob = tuple(ai[i, 0] * o[0] + ai[i, 1] * o[1] + ai[i, 2] * o[2] for i in range(3))
         db = tuple(ai[i, 0] * rays.d[0] + ai[i, 1] * rays.d[1] + ai[i, 2] * rays.d[2] for i in range(3))
-        return Rays(ob, db)  # type: ignore[arg-type]
+        return Rays(ob, db)
 
 
 class Geometry:
@@ -113,7 +113,7 @@ class FanBeamLocalizer(Geometry):
             v = self.first[1] + (np.asarray(x, float) - 0.5) * du
             d = (np.full(np.shape(v), self.iso[0] - xs), v - ys, np.zeros(np.shape(v)))
         o = (np.full(np.shape(z), xs), np.full(np.shape(z), ys), z)
-        return Rays(o, d)  # type: ignore[arg-type]
+        return Rays(o, d)
 
     def magnification(self, depth_toward_source: np.ndarray | float) -> np.ndarray | float:
         """SOD / (SOD - d) for a point d mm from the isocenter plane toward the source."""

@@ -289,8 +289,8 @@ class Component:
         lo, hi = self.shape.aabb()
         lo, hi = lo.astype(float), hi.astype(float)
         for _ in range(2):  # interval arithmetic on every clip slab (two passes tighten coupled slabs)
-            for n, a, b in self.slabs:
-                n = np.asarray(n, float)
+            for normal, a, b in self.slabs:
+                n = np.asarray(normal, float)
                 for i in np.flatnonzero(n):
                     others = [j for j in range(3) if j != i and n[j] != 0]
                     smin = sum(min(n[j] * lo[j], n[j] * hi[j]) for j in others)
@@ -324,10 +324,10 @@ def axis_rotation(direction: Sequence[float]) -> tuple[tuple[float, float, float
     u /= np.linalg.norm(u)
     v = np.cross(w, u)
     m = np.stack([u, v, w], axis=1)
-    return tuple(tuple(float(x) for x in row) for row in m)
+    return tuple((float(row[0]), float(row[1]), float(row[2])) for row in m)
 
 
-def segment_cylinder(p0: Sequence[float], p1: Sequence[float], ra: float, rb: float | None = None) -> Quadric:
+def segment_cylinder(p0: Sequence[float] | Array, p1: Sequence[float] | Array, ra: float, rb: float | None = None) -> Quadric:
     """Elliptical cylinder from point p0 to p1 (mm) with cross-section semi-axes ra, rb."""
     p0a, p1a = np.asarray(p0, float), np.asarray(p1, float)
     half = float(np.linalg.norm(p1a - p0a)) / 2.0

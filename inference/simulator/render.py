@@ -171,9 +171,9 @@ def silhouette_box(
     m = np.zeros((r1 - r0, c1 - c0), dtype=bool)
     masks = []
     for comp, (b0, b1, b2, b3) in zip(comps, blocks, strict=False):
-        sub = grid.block(b0 - r0, b1 - r0, b2 - c0, b3 - c0)
+        block = grid.block(b0 - r0, b1 - r0, b2 - c0, b3 - c0)
         cm = np.zeros_like(m)
-        cm[b0 - r0:b1 - r0, b2 - c0:b3 - c0] = comp.length(sub, slabs) > 1e-9
+        cm[b0 - r0:b1 - r0, b2 - c0:b3 - c0] = comp.length(block, slabs) > 1e-9
         masks.append(cm)
         m |= cm
     if not m.any():

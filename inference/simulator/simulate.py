@@ -110,7 +110,7 @@ def _process(p_img: np.ndarray, ph: dict[str, Any], rng: np.random.Generator) ->
     out = p_img.astype(np.float32)
     if ph["noise"] and ph["noise"] > 0:
         photons = np.maximum(float(ph["noise"]) * np.exp(-np.clip(out, 0.0, 30.0)), 1.0)
-        out = out + rng.standard_normal(out.shape, dtype=np.float32) / np.sqrt(photons)
+        out = (out + rng.standard_normal(out.shape, dtype=np.float32) / np.sqrt(photons)).astype(np.float32)
     if ph["blur_px"] > 0.05:
         out = ndimage.gaussian_filter(out, ph["blur_px"], mode="nearest")
     if ph["edge"] > 0:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dicom_node.config_schema import MeasurementSettings, ScannerCalibration
+from nodecore.config_schema import MeasurementSettings, ScannerCalibration, ScannerGeometry
 
 
 def _vertical_chord(component: Any) -> float:
@@ -53,4 +53,5 @@ def simulated_site_settings() -> MeasurementSettings:
     cfg = simulated_site_config()
     cals = tuple(ScannerCalibration(match=c["match"], slope_mm_per_unit=c["slope_mm_per_unit"], offset=c["offset"])
                  for c in cfg["scanner_calibrations"])
-    return MeasurementSettings(scanner_calibrations=cals, options=cfg["options"])
+    geometry = tuple(ScannerGeometry(**g) for g in cfg["options"]["scanner_geometry"])
+    return MeasurementSettings(scanner_calibrations=cals, scanner_geometry=geometry)

@@ -249,7 +249,8 @@ def truths_from_regions(regions: Sequence[dict], columns: int, rows: int) -> tup
         box = r.get("box_px")
         if box is None or frac < IGNORE_BELOW:
             continue
-        box = _clip_box(tuple(float(v) for v in box), columns, rows)
+        x0, y0, x1, y1 = (float(v) for v in box)
+        box = _clip_box((x0, y0, x1, y1), columns, rows)
         if box[2] - box[0] < 1 or box[3] - box[1] < 1:
             continue
         out.append(GroundTruth(label, box, ignore=frac < PRESENT_FRACTION))

@@ -10,6 +10,8 @@ class, a presence logit and one box. Boxes are ``(cx, cy, w, h)`` in [0, 1] of t
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -141,6 +143,6 @@ class ExportWrapper(nn.Module):
         det_boxes = (cxcywh_to_xyxy(boxes) * size).clamp(0.0, size)
         scores = torch.sigmoid(logits)
         b = x.shape[0]
-        classes = self.classes.unsqueeze(0).expand(b, -1)
+        classes = cast(torch.Tensor, self.classes).unsqueeze(0).expand(b, -1)
         num = torch.full_like(classes[:, :1], self.net.n_classes)
         return num, det_boxes, scores, classes

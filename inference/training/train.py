@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 from PIL import Image
@@ -182,7 +183,7 @@ def _simulate_one(args: tuple[int, str, int]) -> tuple[str, np.ndarray, tuple[Gr
         for r in case.truth.regions
     ]  # fmt: skip
     truths = truths_from_regions(regions, img.shape[1], img.shape[0])
-    fractions = {r["label"].upper(): r["visible_fraction"] for r in regions}
+    fractions = {str(r["label"]).upper(): float(cast(float, r["visible_fraction"])) for r in regions}
     return f"sim-{kind}-{seed}", img, truths, fractions
 
 
@@ -323,7 +324,8 @@ def predict_cached(net, cs: CachedSet, card, batch: int = 64) -> list[ImageResul
             for k in range(K):
                 f = float(cs.frac[i, k])
                 if f >= IGNORE_BELOW:
-                    truths.append(GroundTruth(CLASSES[k], tuple(float(v) for v in cs.boxes[i, k]),
+                    x0, y0, x1, y1 = (float(v) for v in cs.boxes[i, k])
+                    truths.append(GroundTruth(CLASSES[k], (x0, y0, x1, y1),
                                               ignore=f < PRESENT_FRACTION))  # fmt: skip
             results.append(ImageResult(cs.keys[i], tuple(truths), preds))
     net.train()
@@ -375,8 +377,8 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     dset = _TorchSet(train_sets, weights, cfg.steps * cfg.batch, cfg.seed, card, cfg.augment)
-    loader = torch.utils.data.DataLoader(
-        dset, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers, drop_last=True,
+    loader: Any = torch.utils.data.DataLoader(
+        cast(Any, dset), batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers, drop_last=True,
         persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
         worker_init_fn=_worker_init if cfg.workers > 0 else None,
     )  # fmt: skip
@@ -395,11 +397,11 @@ def train(cfg: TrainConfig, out_dir: Path = DEFAULT_OUT, cache_dir: Path = DEFAU
         opt.step()
         sched.step()
         for k, v in parts.items():
-            running[k] = running.get(k, 0.0) + v
+            running[k] = running.get(k, 0.0) + float(v)
         if (step + 1) % cfg.log_every == 0 or step == 0 or step + 1 == cfg.steps:
             n = 1 if step == 0 else (step % cfg.log_every) + 1
             row = {"step": step + 1, **{k: round(v / n, 4) for k, v in running.items()},
-                   "lr": round(sched.get_last_lr()[0], 6), "s": round(time.perf_counter() - t_train, 1)}  # fmt: skip
+                   "lr": round(float(sched.get_last_lr()[0]), 6), "s": round(time.perf_counter() - t_train, 1)}  # fmt: skip
             history.append(row)
             progress(json.dumps(row))
             running = {}

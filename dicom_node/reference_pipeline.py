@@ -17,14 +17,15 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from dicom_node.config_schema import NodeConfig, Route
-from dicom_node.pipeline import PipelineError, PipelineOutcome, ReceivedObject
+from dicom_node.pipeline import PipelineError, PipelineOutcome
 from inference.cascade import models_to_preload, run_cascade
 from inference.engine import DetectorPool
 from inference.measure import measure_image
 from inference.preprocessing import modality_pixels, stored_pixels
 from inference.types import ModelIdentity, QuantityKind
 from inference.views import ViewStore, combine_with_stored
+from nodecore.config_schema import NodeConfig, Route
+from nodecore.received import ReceivedObject
 from sr_writer import ResultContext, write_results
 
 log = logging.getLogger(__name__)

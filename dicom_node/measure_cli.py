@@ -19,10 +19,11 @@ from typing import Any
 import numpy as np
 import pydicom
 
-from dicom_node.config_schema import MeasurementSettings
+from dicom_node.config import ConfigError, load_config
 from inference.geometry import table_move_instruction
 from inference.measure import MeasuredImage, measure_image
 from inference.types import Box, CodedConcept, Detection, ModelIdentity, QuantityKind
+from nodecore.config_schema import MeasurementSettings
 
 _MANUAL = ModelIdentity(name="manual boxes", version="1")
 
@@ -123,8 +124,6 @@ def run_measure(args: argparse.Namespace) -> int:
         return 2
     settings = MeasurementSettings()
     if args.config:
-        from dicom_node.config import ConfigError, load_config
-
         try:
             settings = load_config(args.config).measurement
         except ConfigError as exc:

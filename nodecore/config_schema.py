@@ -107,6 +107,20 @@ class Destination:
     source: SourceLocation | None = None
 
 
+# Inference backends a model may name (``models.<name>.backend``); ``inference.backends`` opens each of them.
+MODEL_BACKENDS: tuple[str, ...] = (
+    "auto",
+    "tensorrt",
+    "onnxruntime",
+    "onnxruntime-cpu",
+    "onnxruntime-cuda",
+    "torch",
+    "torch-cpu",
+    "torch-cuda",
+    "triton",
+)
+
+
 @dataclass(frozen=True)
 class TritonSpec:
     """Where a ``backend: triton`` model runs: a Triton Inference Server (KServe v2 over gRPC or HTTP).
@@ -138,9 +152,11 @@ class ModelSpec:
 
     name: str
     card: str
-    backend: str = "auto"  # auto | tensorrt | onnxruntime | onnxruntime-cuda | torch | triton
+    backend: str = "auto"  # one of MODEL_BACKENDS
     max_batch: int = 8
     max_wait_ms: float = 5.0
+    # backend options, every key checked by the loader (dicom_node.config.model_option_keys): threads, precision,
+    # opt_batch, engine_cache, calibration, workspace_mb, device, fp16, micro_batching
     options: Mapping[str, Any] = field(default_factory=dict)
     source: SourceLocation | None = None
     triton: TritonSpec | None = None  # set when backend is triton
@@ -201,7 +217,8 @@ class DefaultAction:
 class ScannerCalibration:
     """Localizer pixel value -> water-equivalent path length (mm): wepl = slope * (value - offset).
 
-    Matched on header attributes (e.g. Manufacturer, ManufacturerModelName, StationName); first match wins.
+    Matched on header attributes (e.g. Manufacturer, ManufacturerModelName, StationName) by
+    ``nodecore.scanners.scanner_matches``; the first match wins.
     """
 
     match: Mapping[str, str]
@@ -211,11 +228,66 @@ class ScannerCalibration:
 
 
 @dataclass(frozen=True)
+class ScannerGeometry:
+    """What a site knows about a scanner whose headers lack it (``measurement.options.scanner_geometry``).
+
+    Used only where the header is silent, and every use is noted in the result. ``sod_mm`` / ``sid_mm``: source
+    to isocenter / detector distance; ``frontal_view_position`` (AP | PA) and ``lateral_view_position`` (LL | RL):
+    the tube side of the scanner's localizers. Matched like ``ScannerCalibration``; the first match wins.
+    """
+
+    match: Mapping[str, str]
+    sod_mm: float | None = None
+    sid_mm: float | None = None
+    frontal_view_position: str = ""
+    lateral_view_position: str = ""
+    source: SourceLocation | None = None
+
+
+@dataclass(frozen=True)
+class RegionShape:
+    """Shape model of a region's cross-section for single-view estimates (dimensionless unless stated).
+
+    ``density``: mean water-equivalent density of the soft tissue on the central AP ray and ``bone_wepl_mm`` the
+    extra water-equivalent path of the midline bone it crosses (AP = (WEPL - bone_wepl_mm) / density);
+    ``centre_fraction``: height of the region's centre above the patient's back as a fraction of the
+    AP thickness; ``aspect``: AP / LAT of the region's own structures (sets the half-depth used in the fan-beam
+    silhouette model); ``posterior_mm``: when set, the centre height is ``posterior_mm + aspect * LAT / 2`` (a
+    structure lying against the back, e.g. the rib cage) instead of ``centre_fraction * AP``.
+    """
+
+    density: float = 1.0
+    centre_fraction: float = 0.5
+    aspect: float = 0.75
+    posterior_mm: float | None = None
+    bone_wepl_mm: float = 0.0  # excess water-equivalent path of the midline bone (vertebra, sacrum), mm
+
+
+# The numeric measurement knobs (``measurement.options``) and their defaults (inference.measure uses them).
+MEASUREMENT_OPTION_DEFAULTS: Mapping[str, float] = {
+    "table_pad_mm": 40.0,  # mattress between the table top and the patient's back
+    "table_pad_sd_mm": 10.0,
+    "table_height_sd_mm": 1.0,
+    "relative_density_rel_sd": 0.08,  # relative standard uncertainty of the AP thickness model
+    "lateral_position_sd_mm": 30.0,  # unknown lateral placement, for the lateral-view-only vertical offset
+    "wed_calibration_rel_sd": 0.03,
+    "central_fraction": 0.1,  # half-width (fraction of the box width) of the central columns for the AP WEPL
+}
+
+
+@dataclass(frozen=True)
 class MeasurementSettings:
+    """The ``measurement`` section. Source distances are NEVER invented: without SOD from the header or
+    ``scanner_geometry``, sizes are reported at the detector plane or the isocenter plane as the geometry says.
+
+    ``options``: the numeric knobs of ``MEASUREMENT_OPTION_DEFAULTS`` that the file sets; ``region_model``: per
+    region label (HEAD, CHEST, ...) shape models replacing the built-in ones (``inference.measure``).
+    """
+
     scanner_calibrations: tuple[ScannerCalibration, ...] = ()
-    # Source to isocenter distance (mm) assumed when SOD is absent is NEVER invented: such sizes are reported at
-    # the detector plane or the isocenter plane as the geometry says. Extra knobs go in options.
-    options: Mapping[str, Any] = field(default_factory=dict)
+    scanner_geometry: tuple[ScannerGeometry, ...] = ()
+    region_model: Mapping[str, RegionShape] = field(default_factory=dict)
+    options: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from dicom_node.config_schema import MeasurementSettings, ModelSpec, NodeConfig
+from nodecore.config_schema import MeasurementSettings, ModelSpec, NodeConfig
 
 
 def add_infer_arguments(p: argparse.ArgumentParser) -> None:
@@ -77,7 +77,7 @@ def _model_spec(args: argparse.Namespace, config: NodeConfig | None) -> ModelSpe
 
 def _measure(ds: Any, detections: list[Any], pixels: Any, config: NodeConfig | None) -> tuple[Any, str]:
     try:
-        from inference.measure import measure_image  # type: ignore[import-not-found]
+        from inference.measure import measure_image
     except ImportError as exc:
         return None, f"measurements unavailable: inference.measure not importable ({exc})"
     from inference.preprocessing import modality_pixels
@@ -189,10 +189,10 @@ def add_build_engines_arguments(p: argparse.ArgumentParser) -> None:
 
 def run_build_engines(args: argparse.Namespace) -> int:
     """Build (or find cached) TensorRT engines for every configured model; exit 0 when TensorRT/GPU are absent."""
-    from inference.backends import BackendError, TensorRTBackend, availability
+    from inference.backends import BackendError, TensorRTBackend, tensorrt_unavailable
     from inference.modelcard import MODELS_DIR, ModelCardError, load_card
 
-    reason = availability(None)["tensorrt"]
+    reason = tensorrt_unavailable()
     if reason is not None:
         print(f"dicom-node build-engines: nothing to do: {reason} (models will run on another backend)")
         return 0
