@@ -805,5 +805,6 @@ def test_config_backends_match_the_engine() -> None:
 
     assert BACKENDS is MODEL_BACKENDS  # one table
     for name in BACKENDS:
-        assert parse_config_text(f'models:\n  m: {{card: "builtin:reference", backend: {name}}}\n').models["m"]
+        triton = ', triton: {servers: "grpc://127.0.0.1:8001"}' if name == "triton" else ""
+        assert parse_config_text(f'models:\n  m: {{card: "builtin:reference", backend: {name}{triton}}}\n').models["m"]
     assert "did you mean 'tensorrt'" in errors_of('models:\n  m: {card: "builtin:reference", backend: tensorrtt}\n')[0]
