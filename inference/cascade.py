@@ -20,6 +20,7 @@ from pydicom.dataset import Dataset
 
 from dicom_node.config_schema import DetectorSpec
 from inference.engine import DetectorPool
+from inference.orientation import Orientation
 from inference.preprocessing import stored_pixels
 from inference.types import Detection
 
@@ -79,9 +80,12 @@ def _intended(ds: Dataset, pool: DetectorPool, model: str) -> str | None:
 
 
 def run_cascade(
-    ds: Dataset, specs: Sequence[DetectorSpec], pool: DetectorPool, *, pixels: np.ndarray | None = None
+    ds: Dataset, specs: Sequence[DetectorSpec], pool: DetectorPool, *, pixels: np.ndarray | None = None,
+    orientation: Orientation | None = None,
 ) -> CascadeOutcome:
-    """Run every spec on ``ds`` (gates first, once each); detections in ORIGINAL pixels, in spec order."""
+    """Run every spec on ``ds`` (gates first, once each); detections in ORIGINAL pixels, in spec order.
+
+    ``orientation``: the turn to the head-up view (default: from the header, ``inference.orientation``)."""
     import time
 
     if pixels is None and specs:
@@ -96,7 +100,8 @@ def run_cascade(
         if gate:
             key = (gate, gate_threshold)
             if key not in gate_cache:
-                gate_cache[key] = tuple(pool.get(gate).detect(ds, pixels, score_threshold=gate_threshold))
+                gate_cache[key] = tuple(pool.get(gate).detect(
+                    ds, pixels, score_threshold=gate_threshold, orientation=orientation))
             thr = gate_threshold if gate_threshold is not None else pool.card(gate).score_threshold
             fired = [
                 d
@@ -113,7 +118,8 @@ def run_cascade(
                 continue
         t0 = time.perf_counter()
         dets = pool.get(spec.model).detect(
-            ds, pixels, score_threshold=spec.score_threshold, nms_iou=spec.nms_iou, classes=spec.classes
+            ds, pixels, score_threshold=spec.score_threshold, nms_iou=spec.nms_iou, classes=spec.classes,
+            orientation=orientation,
         )
         runs.append(DetectorRun(spec.model, True, "ran", tuple(dets), gate, time.perf_counter() - t0))
     detections = tuple(d for r in runs for d in r.detections)

@@ -241,12 +241,18 @@ def measure_image(
             rm = _measure_projection_region(ctx, det)
         regions.append(rm)
     image_quantities = _diaphragm(ctx, detections)
+    isocenter = geom.isocenter
+    if geom.level == GeometryLevel.PATIENT and not geom.frame_of_reference_uid:
+        regions, image_quantities = _without_frame(regions, image_quantities)
+        fans = []
+        isocenter = None
+        ctx.notes.append(NO_FRAME_OF_REFERENCE)
     return MeasuredImage(
         sop_instance_uid=geom.sop_instance_uid,
         geometry_level=geom.level,
         regions=tuple(regions),
         view=geom.view,
-        isocenter_lps_mm=geom.isocenter,
+        isocenter_lps_mm=isocenter,
         isocenter_source=geom.isocenter_source,
         notes=tuple(dict.fromkeys(ctx.notes)),
         image_quantities=image_quantities,
@@ -256,12 +262,43 @@ def measure_image(
     )
 
 
+NO_FRAME_OF_REFERENCE = (
+    "Frame of Reference UID (0020,0052) absent (e.g. removed by an anonymiser): patient coordinates cannot be"
+    " referenced, so the 3-D region coordinates (SCOORD3D), centres, isocenter offsets and the diaphragm level are"
+    " not reported; pixel coordinates and sizes are"
+)
+# Quantities that are positions in the patient frame (meaningless without its Frame of Reference UID).
+FRAME_QUANTITIES = (K.CENTER_X, K.CENTER_Y, K.CENTER_Z, K.ISO_OFFSET_LATERAL, K.ISO_OFFSET_VERTICAL)
+
+
+def _without_frame(
+    regions: Sequence[RegionMeasurement], image_quantities: tuple[Quantity, ...]
+) -> tuple[list[RegionMeasurement], tuple[Quantity, ...]]:
+    """Regions without their patient-frame polygon and positions (each listed unavailable with the reason)."""
+    reason = "Frame of Reference UID (0020,0052) absent: no patient-frame position"
+    out = []
+    for rm in regions:
+        quantities = tuple(q for q in rm.quantities if q.kind not in FRAME_QUANTITIES)
+        unavailable = tuple((k, r) for k, r in rm.unavailable if k not in FRAME_QUANTITIES)
+        unavailable += tuple((k, reason) for k in FRAME_QUANTITIES)
+        out.append(RegionMeasurement(rm.detection, quantities, unavailable, None))
+    return out, tuple(q for q in image_quantities if q.kind != K.DIAPHRAGM_Z)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # CT localizers
 
 
 def _row_range(box_y0: float, box_y1: float, rows: int) -> tuple[int, int]:
     return max(0, int(math.floor(box_y0))), min(rows, int(math.ceil(box_y1)))
+
+
+def _table_range(box: Any, geom: ImageGeometry) -> tuple[int, int]:
+    """Index range of the box along the image axis that follows the table: rows, or columns when the fan runs
+    along image y (a localizer stored rotated, issue 19)."""
+    if geom.fan_axis == "y":
+        return _row_range(box.x_min, box.x_max, geom.columns)
+    return _row_range(box.y_min, box.y_max, geom.rows)
 
 
 def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, RegionFan | None]:
@@ -288,7 +325,7 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
         reason = "not a CT localizer with a known fan axis and view"
         for k in (K.ISO_OFFSET_LATERAL, K.ISO_OFFSET_VERTICAL):
             un.append((k, reason))
-        _ct_dose(ctx, label, q, un, rows=_row_range(box.y_min, box.y_max, geom.rows), depth=None, z_len=z_hi - z_lo)
+        _ct_dose(ctx, label, q, un, rows=_table_range(box, geom), depth=None, z_len=z_hi - z_lo)
         return _region(det, q, un, corners), None
 
     f = np.asarray(geom.fan_direction)
@@ -297,7 +334,7 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
     u_lo, u_hi = float(u.min()), float(u.max())
     axis = int(np.argmax(np.abs(f)))  # 0: x (frontal), 1: y (lateral)
     sign = float(np.sign(f[axis]))
-    rows = _row_range(box.y_min, box.y_max, geom.rows)
+    rows = _table_range(box, geom)
     shape = ctx.region_model.get(label, RegionShape())
     thickness, t_note = _ap_thickness(ctx, shape, box, rows) if geom.view == "frontal" else (None, "")
     if t_note:
@@ -347,12 +384,15 @@ def _ap_thickness(ctx: _Ctx, shape: RegionShape, box: Any, rows: tuple[int, int]
     if ctx.wepl is None:
         return None, ""
     r0, r1 = rows
-    cx = box.center[0]
-    half = max(box.width * float(ctx.options["central_fraction"]), 1.0)
-    c0, c1 = max(0, int(math.floor(cx - half))), min(ctx.geom.columns, int(math.ceil(cx + half)))
+    fan_y = ctx.geom.fan_axis == "y"  # stored rotated: the table runs along image x
+    cx, across, n_across = (box.center[1], box.height, ctx.geom.rows) if fan_y else (box.center[0], box.width,
+                                                                                     ctx.geom.columns)
+    half = max(across * float(ctx.options["central_fraction"]), 1.0)
+    c0, c1 = max(0, int(math.floor(cx - half))), min(n_across, int(math.ceil(cx + half)))
     if r1 <= r0 or c1 <= c0:
         return None, "box outside the image, no water-equivalent thickness"
-    per_row = np.median(np.clip(ctx.wepl[r0:r1, c0:c1], 0.0, None), axis=1)
+    wepl = ctx.wepl[c0:c1, r0:r1].T if fan_y else ctx.wepl[r0:r1, c0:c1]
+    per_row = np.median(np.clip(wepl, 0.0, None), axis=1)
     return max(float(np.percentile(per_row, 90)) - shape.bone_wepl_mm, 0.0) / shape.density, ""
 
 

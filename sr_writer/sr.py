@@ -275,10 +275,10 @@ def build_groups(
                 **common,
             )
         )
-        if with_3d and region.polygon_lps_mm is not None:
+        # no Frame of Reference UID (anonymised source): the 2-D SCOORD stays, the SCOORD3D is left out (the
+        # measurement layer already removed the polygon and noted why; issue 19)
+        if with_3d and region.polygon_lps_mm is not None and ds.get("FrameOfReferenceUID"):
             for_uid = ds.get("FrameOfReferenceUID")
-            if not for_uid:
-                raise ValueError("region has a patient-frame polygon but the source has no FrameOfReferenceUID")
             pts = np.asarray(region.polygon_lps_mm, dtype=float)
             if pts.shape != (4, 3):
                 raise ValueError(f"polygon_lps_mm must have 4 (x, y, z) points, got shape {pts.shape}")
