@@ -36,6 +36,7 @@ from inference.geometry import (
     solve_extent,
     table_move_instruction,
 )
+from inference.orientation import Orientation, canonical_orientation
 from inference.types import (
     Detection,
     GeometryLevel,
@@ -173,6 +174,7 @@ class _Ctx:
     ctdivol: tuple[float, str] | None
     dlp_total: tuple[float, str] | None
     notes: list[str] = field(default_factory=list)
+    transposed: bool = False  # the stored image is transposed against the head-up view (inference.orientation)
 
 
 def _q(kind: QuantityKind, value: float, unit: str, method: str, *, estimated: bool = False,
@@ -197,19 +199,23 @@ def measure_image(
     settings: MeasurementSettings = _DEFAULT_SETTINGS,
     ctdivol_mgy: float | None = None,
     dlp_mgy_cm: float | None = None,
+    orientation: Orientation | None = None,
 ) -> MeasuredImage:
     """Measure every detection on ``ds``.
 
     ``pixels``: Modality-LUT-applied float image (Rows x Columns), needed for the water-equivalent diameter and the
     single-view depth estimates; None -> those are reported unavailable. ``ctdivol_mgy`` / ``dlp_mgy_cm``: the
     study's CT dose (e.g. from its dose report); when absent, CTDIvol (0018,9345) of this image is used and the
-    method says so.
+    method says so. ``orientation``: the turn of the stored image to the head-up view (default: from the header,
+    ``inference.orientation``); box width and height are those of the head-up view (across / along the body).
     """
     options = {**DEFAULT_OPTIONS, **dict(settings.options)}
     geom = geometry_from_dataset(ds, scanner_geometry=tuple(options.get("scanner_geometry", ()) or ()))
     model = {**DEFAULT_REGION_MODEL, **{str(k).upper(): RegionShape(**dict(v))
                                         for k, v in dict(options.get("region_model", {}) or {}).items()}}
-    ctx = _Ctx(ds, geom, options, model, None, None, None, list(geom.notes))
+    if orientation is None:
+        orientation = canonical_orientation(ds)
+    ctx = _Ctx(ds, geom, options, model, None, None, None, list(geom.notes), orientation.transpose)
     if pixels is not None:
         arr = np.asarray(pixels)
         if arr.ndim != 2 or arr.shape != (geom.rows, geom.columns):
@@ -312,8 +318,12 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
     w_mm, h_mm = box.width * geom.spacing_x_mm, box.height * geom.spacing_y_mm
     fan_axis = geom.fan_axis
     plane_note = "at the isocenter plane (fan-beam magnification not corrected)" if geom.kind == "ct_localizer" else "in the image plane"
-    q.append(_q(K.BOX_WIDTH, w_mm, "mm", plane_note if fan_axis == "x" else "along the table (z), exact" if fan_axis == "y" else "in the image plane"))
-    q.append(_q(K.BOX_HEIGHT, h_mm, "mm", plane_note if fan_axis == "y" else "along the table (z), exact" if fan_axis == "x" else "in the image plane"))
+    w_note = plane_note if fan_axis == "x" else "along the table (z), exact" if fan_axis == "y" else "in the image plane"
+    h_note = plane_note if fan_axis == "y" else "along the table (z), exact" if fan_axis == "x" else "in the image plane"
+    if ctx.transposed:  # width / height are those of the head-up view (across / along the body)
+        w_mm, h_mm, w_note, h_note = h_mm, w_mm, h_note, w_note
+    q.append(_q(K.BOX_WIDTH, w_mm, "mm", w_note))
+    q.append(_q(K.BOX_HEIGHT, h_mm, "mm", h_note))
     q.append(_q(K.ELLIPSE_AREA, dose.ellipse_area_cm2(w_mm, h_mm), "cm2", "pi/4 x box width x box height (box sides as axes)"))
     z_vals = corners[:, 2]
     z_lo, z_hi = float(z_vals.min()), float(z_vals.max())
@@ -579,6 +589,8 @@ def _measure_projection_region(ctx: _Ctx, det: Detection) -> RegionMeasurement:
         }.get(geom.level, "in the image plane")
         method = f"{plane}; {geom.spacing_source}"
         w, h = box.width * geom.spacing_x_mm, box.height * geom.spacing_y_mm
+        if ctx.transposed:  # width / height are those of the head-up view (across / along the body)
+            w, h = h, w
         q.append(_q(K.BOX_WIDTH, w, "mm", method))
         q.append(_q(K.BOX_HEIGHT, h, "mm", method))
         q.append(_q(K.ELLIPSE_AREA, dose.ellipse_area_cm2(w, h), "cm2", f"pi/4 x w x h, {plane}"))

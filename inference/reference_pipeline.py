@@ -81,7 +81,8 @@ class ReferencePipeline:
         except PreprocessingError as exc:  # malformed Rescale Slope/Intercept: reported, not raised
             modality_values = None
             notes.append(f"{exc}: pixel-value quantities (water-equivalent diameter) not computed")
-        measurements = measure_image(ds, detections, pixels=modality_values, settings=self.config.measurement)
+        measurements = measure_image(ds, detections, pixels=modality_values, settings=self.config.measurement,
+                                     orientation=orientation)
         if notes:
             measurements = replace(measurements, notes=tuple(dict.fromkeys((*measurements.notes, *notes))))
         measurements, combined = combine_with_stored(measurements, self.views)
