@@ -494,11 +494,7 @@ def test_fast_sr_raises_like_reference(realdata_dir: Path) -> None:
     skew_polygon = ImageMeasurements(src.SOPInstanceUID, GeometryLevel.PATIENT, (
         RegionMeasurement(dets[0], (), (), ((-1.5, 2.0, 3.0), (4.0, -5.25, 6.0), (7.0, 8.0, -9.0), (1e5, 0, 0))),))
     long_meaning = [Detection("CHEST", CodedConcept("1", "SCT", "m" * 65), 0.9, dets[0].box, MODEL)]
-    no_frame = Dataset()
-    no_frame.update(src)
-    del no_frame.FrameOfReferenceUID
-    cases = [(src, dets, bad_unit), (src, dets, bad_polygon), (src, dets, skew_polygon), (src, long_meaning, None),
-             (no_frame, dets, hand_measurements(src, dets))]
+    cases = [(src, dets, bad_unit), (src, dets, bad_polygon), (src, dets, skew_polygon), (src, long_meaning, None)]
     for source, d, m in cases:
         messages = []
         for reference in (False, True):
@@ -506,6 +502,20 @@ def test_fast_sr_raises_like_reference(realdata_dir: Path) -> None:
                 write_sr(source, d, m, ctx(), reference=reference)
             messages.append(str(info.value))
         assert messages[0] == messages[1]
+
+
+def test_no_frame_of_reference_keeps_the_2d_region_and_leaves_out_the_3d_one(realdata_dir: Path) -> None:
+    """An anonymised source without FrameOfReferenceUID (issue 19): both writers keep the SCOORD, omit the
+    SCOORD3D (the measurement layer removes the polygon and says why; this is the writers' own guard)."""
+    src = pydicom.dcmread(realdata_dir / LOCALIZER, stop_before_pixels=True)
+    dets = labelled_detections(realdata_dir, LOCALIZER)
+    no_frame = Dataset()
+    no_frame.update(src)
+    del no_frame.FrameOfReferenceUID
+    for reference in (False, True):
+        sr = write_sr(no_frame, dets, hand_measurements(src, dets), ctx(), reference=reference)
+        regions = read_sr(sr)
+        assert regions and all(r.box is not None and r.polygon_lps_mm is None for r in regions)
 
 
 def test_fast_sr_written_as_is_and_readable(realdata_dir: Path, tmp_path: Path) -> None:
