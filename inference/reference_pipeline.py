@@ -76,6 +76,9 @@ class ReferencePipeline:
 
         t2 = time.perf_counter()
         notes: list[str] = list(orientation.notes)
+        if not orientation.is_identity:
+            notes.append(f"detection ran on the head-up view ({orientation.name} of the stored image, from"
+                         f" {orientation.source}); regions are given in the stored pixels")
         try:
             modality_values = modality_pixels(ds, stored) if stored.ndim == 2 else None
         except PreprocessingError as exc:  # malformed Rescale Slope/Intercept: reported, not raised

@@ -252,3 +252,51 @@ def test_every_real_file_gets_a_result(config: NodeConfig, realdata_files: list[
         pipeline.close()
     print(f"\nreal files: {len(realdata_files)}, job errors {len(errors)}")
     assert not errors
+
+
+def test_route_setting_orients_a_radiograph_without_patient_orientation(
+    realdata_dir: Path, tmp_path: Path
+) -> None:
+    """The real Fuji CR (no Patient Orientation) with ``radiograph_orientation: R\\F`` on its route is detected
+    mirrored: its boxes are exactly the mirror of those of the physically mirrored image taken as stored."""
+    import yaml
+
+    from dicom_node.config import load_config
+    from dicom_node.routing import select_route
+    from inference.preprocessing import stored_pixels
+    from inference.reference_pipeline import ReferencePipeline
+    from tests.conformance import _write, restore
+    from tests.conftest import ROOT
+    from tests.test_reference_pipeline import REFERENCE_CARD
+
+    cfg = yaml.safe_load((ROOT / "config" / "example.yaml").read_text())
+    cfg["models"]["reference"].update({"card": REFERENCE_CARD, "backend": "onnxruntime"})
+    for route in cfg["routes"]:
+        if route["name"] == "radiograph":
+            route["pipeline"]["options"] = {"radiograph_orientation": "R\\F"}
+    (tmp_path / "node.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    config = load_config(tmp_path / "node.yaml", storage_override=tmp_path / "storage")
+
+    src_path = realdata_dir / "cr_fuji_chest_CR-MONO1-10-chest.dcm"
+    src = pydicom.dcmread(src_path)
+    mirrored = restore(src, Orientation(False, True, False), stored_pixels(src))
+    mirrored_path = tmp_path / "mirrored.dcm"
+    _write(mirrored, mirrored_path, str(src.SOPInstanceUID), "mirrored")
+    pipeline = ReferencePipeline(config)
+    try:
+        route = select_route(config, src, "MODALITY").route
+        assert route is not None and route.name == "radiograph"
+        with_setting = pipeline.process(_received(src_path, src), route)
+        plain_route = dataclasses.replace(route, pipeline=dataclasses.replace(route.pipeline, options={}))
+        as_stored = pipeline.process(_received(mirrored_path, pydicom.dcmread(mirrored_path)), plain_route)
+    finally:
+        pipeline.close()
+    assert with_setting.summary["orientation"] == {"operation": "flip left-right",
+                                                   "from": "route setting radiograph_orientation = R\\F"}
+    assert as_stored.summary["orientation"]["operation"] == "identity"
+    cols = int(src.Columns)
+    got = {d.label: d.box.as_tuple() for d in with_setting.detections}
+    want = {d.label: (cols - d.box.x_max, d.box.y_min, cols - d.box.x_min, d.box.y_max) for d in as_stored.detections}
+    assert got and set(got) == set(want)
+    for label in got:
+        assert np.max(np.abs(np.subtract(got[label], want[label]))) <= 1e-9, (label, got[label], want[label])
