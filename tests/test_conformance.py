@@ -300,3 +300,27 @@ def test_route_setting_orients_a_radiograph_without_patient_orientation(
     assert got and set(got) == set(want)
     for label in got:
         assert np.max(np.abs(np.subtract(got[label], want[label]))) <= 1e-9, (label, got[label], want[label])
+
+
+@pytest.mark.peers
+def test_fault_variant_results_pass_dciodvfy_and_dsrdump(runs: list[Run], tmp_path: Path) -> None:
+    """The results of the header-fault variants are valid objects for real validators (dicom3tools dciodvfy on
+    every object, dcmtk dsrdump on the SRs): the faults never leak into what the node sends."""
+    from tests.conftest import require_tool
+    from tests.validators import dciodvfy, dsrdump
+
+    require_tool("dciodvfy")
+    require_tool("dsrdump")
+    failures = []
+    checked = 0
+    for r in runs:
+        if r.variant.orientation is not None or r.variant.source != LOCALIZERS[1]:
+            continue
+        for i, d in enumerate(r.outcome.datasets):
+            path = tmp_path / f"{r.variant.name.replace(':', '_')}_{i}.dcm"
+            d.save_as(path, enforce_file_format=True)
+            reports = [dciodvfy(path)] + ([dsrdump(path)] if "SR" in str(d.get("Modality", "")) else [])
+            failures += [str(rep) for rep in reports if not rep.ok]
+            checked += 1
+    assert checked >= 4 * 13
+    assert not failures, "\n".join(failures)
