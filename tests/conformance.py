@@ -23,21 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
+from pydicom.datadict import tag_for_keyword
 from pydicom.dataelem import RawDataElement
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.tag import Tag
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from inference.orientation import ALL_ORIENTATIONS, Orientation
+from inference.orientation import ALL_ORIENTATIONS, Orientation, parse_patient_orientation
 from inference.preprocessing import stored_pixels
 
 # Real files the corpus is built from: the CT localizers, and the radiographs whose orientation is meaningful
 # (Patient Orientation present, or a chest/pelvis the route setting can orient).
 LOCALIZERS = ("loc_philips_MAROTECH_CT_JP2Lossy.dcm", "loc_philips_surview_fodicom_GH342.dcm")
 RADIOGRAPHS = ("dx_canon_chest_PA_pydicom966_fixed.dcm",)
-
-_LETTER = {(1, 0, 0): "L", (-1, 0, 0): "R", (0, 1, 0): "P", (0, -1, 0): "A", (0, 0, 1): "H", (0, 0, -1): "F"}
-
 
 @dataclass(frozen=True)
 class Variant:
@@ -48,8 +46,12 @@ class Variant:
 
 
 def _letters(v: np.ndarray) -> str:
-    return "".join(ch for axis, ch in ((0, "LR"), (1, "PA"), (2, "HF")) if abs(v[axis]) > 0.5
-                   for ch in [ch[0] if v[axis] > 0 else ch[1]])
+    """Patient Orientation letters of an axis-aligned LPS direction (e.g. (0, 0, -1) -> 'F')."""
+    out = ""
+    for axis, (plus, minus) in enumerate(("LR", "PA", "HF")):
+        if abs(v[axis]) > 0.5:
+            out += plus if v[axis] > 0 else minus
+    return out
 
 
 def restore(ds: Dataset, op: Orientation, pixels: np.ndarray) -> Dataset:
@@ -99,8 +101,6 @@ def restore(ds: Dataset, op: Orientation, pixels: np.ndarray) -> Dataset:
         out.ImagerPixelSpacing = list(reversed(list(ds.ImagerPixelSpacing)))
     po = ds.get("PatientOrientation")
     if po is not None and po != "" and len(po) == 2:
-        from inference.orientation import parse_patient_orientation
-
         parsed = parse_patient_orientation(po)
         if parsed is not None:
             r, c = parsed
@@ -118,8 +118,6 @@ def _ds(v: float) -> str:
 
 def _set_raw(ds: Dataset, keyword: str, vr: str, raw: bytes) -> None:
     """Put a raw (unconverted) value in ``ds``, as a malformed file carries it."""
-    from pydicom.datadict import tag_for_keyword
-
     tag = Tag(tag_for_keyword(keyword))
     if len(raw) % 2:
         raw += b" "
