@@ -167,32 +167,51 @@ def _write(ds: Dataset, path: Path, source_uid: str, name: str) -> None:
     ds.save_as(path, enforce_file_format=True)
 
 
+def lateral_from(ds: Dataset) -> Dataset:
+    """The header of a frontal localizer rewritten as a lateral one (rows -> posterior, columns -> feet, the fan
+    centred on y = 0 as Canon/Toshiba and GE write it), pixels unchanged: a lateral geometry derived from a real
+    file (no real lateral localizer is in ../shared/realdata)."""
+    out = copy.deepcopy(ds)
+    n, step = int(ds.Columns), float(ds.PixelSpacing[1])
+    out.ImageOrientationPatient = [0, 1, 0, 0, 0, -1]
+    out.ImagePositionPatient = [0, _ds(-(n // 2) * step), ds.ImagePositionPatient[2]]
+    out.SOPInstanceUID = generate_uid(entropy_srcs=[str(ds.SOPInstanceUID), "lateral"])
+    # its own frame: it must not be combined with the frontal it was derived from (same pixels, not a real pair)
+    out.FrameOfReferenceUID = generate_uid(entropy_srcs=[str(ds.FrameOfReferenceUID), "lateral"])
+    return out
+
+
+LATERAL_DERIVED = "lateral_from_surview"
+
+
 def build_corpus(realdata: Path, out: Path) -> list[Variant]:
     """Every variant of every corpus file, written under ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     variants: list[Variant] = []
     for name in LOCALIZERS + RADIOGRAPHS:
-        variants.extend(_variants_of(realdata / name, out, radiograph=name in RADIOGRAPHS))
+        ds = pydicom.dcmread(realdata / name)
+        variants.extend(_variants_of(ds, name, out, radiograph=name in RADIOGRAPHS))
+    lateral = lateral_from(pydicom.dcmread(realdata / LOCALIZERS[1]))
+    variants.extend(_variants_of(lateral, LATERAL_DERIVED, out, radiograph=False, faults=False))
     return variants
 
 
-def _variants_of(path: Path, out: Path, *, radiograph: bool) -> Iterator[Variant]:
-    ds = pydicom.dcmread(path)
+def _variants_of(ds: Dataset, name: str, out: Path, *, radiograph: bool, faults: bool = True) -> Iterator[Variant]:
     pixels = stored_pixels(ds)
-    stem = path.stem
+    stem = Path(name).stem
     for op in ALL_ORIENTATIONS:
         vname = f"orient:{op.name}"
         v = restore(ds, op, pixels)
         p = out / f"{stem}__{op.name.replace(' ', '_')}.dcm"
         _write(v, p, str(ds.SOPInstanceUID), vname)
-        yield Variant(path.name, vname, p, op)
+        yield Variant(name, vname, p, op)
     base = restore(ds, Orientation(), pixels)
     for fault, (apply, for_loc, for_rad) in FAULTS.items():
-        if not (for_rad if radiograph else for_loc):
+        if not faults or not (for_rad if radiograph else for_loc):
             continue
         v = restore(base, Orientation(), pixels)
         apply(v)
         vname = f"fault:{fault}"
         p = out / f"{stem}__{fault}.dcm"
         _write(v, p, str(ds.SOPInstanceUID), vname)
-        yield Variant(path.name, vname, p, None)
+        yield Variant(name, vname, p, None)
