@@ -293,6 +293,32 @@ def _resize(img: np.ndarray, rows: int, cols: int, interpolation: str) -> np.nda
     return np.asarray(pil.resize((cols, rows), resample=_PIL_RESAMPLE[interpolation]), dtype=np.float32)
 
 
+def _padding_to_air(st: _State, ds: Dataset, notes: list[str]) -> None:
+    """CT: stored pixels equal to Pixel Padding Value (0028,0120) (up to Pixel Padding Range Limit (0028,0121))
+    lie outside the exposed field; vendors pad with -1024, -2048 or 0 HU. They are set to the lowest exposed
+    value (air), so the model sees the same image whatever the vendor's padding. Only when the header declares the
+    padding (an undeclared 0 HU cannot be told from tissue); radiographs are left as they are."""
+    if "PixelPaddingValue" not in ds or str(ds.get("Modality", "")).upper() != "CT":
+        return
+    try:
+        lo = float(_first(ds.PixelPaddingValue))
+        hi = float(_first(ds.PixelPaddingRangeLimit)) if "PixelPaddingRangeLimit" in ds else lo
+    except (TypeError, ValueError, IndexError):
+        notes.append("Pixel Padding Value (0028,0120) malformed: ignored")
+        return
+    lo, hi = min(lo, hi), max(lo, hi)
+    mask = (st.img >= lo) & (st.img <= hi)
+    if not mask.any() or mask.all():
+        return
+    st.img = np.where(mask, np.float32(st.img[~mask].min()), st.img).astype(np.float32)
+    notes.append(f"{100.0 * mask.mean():.1f} % of the pixels are padding (Pixel Padding Value): set to air"
+                 " (the lowest exposed value) before detection")
+
+
+def _first(v: Any) -> Any:
+    return v[0] if hasattr(v, "__len__") and not isinstance(v, str | bytes) else v
+
+
 def orient_step(orientation: Orientation, rows: int, cols: int) -> GeometricStep:
     """The ``orient`` step of ``orientation`` on a rows x cols image (exact in float64)."""
     out_r, out_c = orientation.output_size(rows, cols)
@@ -403,6 +429,8 @@ def preprocess(
     if not orientation.is_identity:
         _orient(st, orientation)
         notes.append(f"turned to the head-up view ({orientation.name}, from {orientation.source})")
+    if ds is not None:
+        _padding_to_air(st, ds, notes)
     st.notes = notes
     normalize: PreprocessStep | None = None
     for step in card.preprocessing:

@@ -277,3 +277,41 @@ def test_corpus_restore_keeps_every_physical_point(realdata_dir: Path, op: Orien
     rc = np.floor(xy[:, ::-1]).astype(int)
     assert np.allclose(xy - 0.5, np.rint(xy - 0.5), atol=1e-6)  # lands on pixel centres
     assert np.array_equal(turned[rc[:, 0], rc[:, 1]], pixels[ij[:, 0], ij[:, 1]])
+
+
+# ------------------------------------------------------------------------------------------------------ padding
+
+
+def test_declared_ct_padding_is_air_whatever_the_vendor_value(realdata_dir: Path) -> None:
+    """Derived from the real surview, stored signed in HU (intercept 0): the outer 16 columns marked as padding
+    with three declared Pixel Padding Values outside the data (-2048 and -3024 HU, as Siemens and GE pad, and
+    3500): the model sees the same image, so the regions are identical, and they agree with the unpadded image;
+    an undeclared padding is left as it is."""
+    from inference.engine import Detector
+    from inference.preprocessing import stored_pixels
+
+    src = pydicom.dcmread(realdata_dir / SURVIEW)
+    hu = stored_pixels(src).astype(np.int16) - 1024
+    src.PixelRepresentation, src.RescaleIntercept = 1, 0
+    det = Detector.from_card("builtin:reference", "onnxruntime")
+    base = {d.label: d.box for d in det.detect(src, hu)}
+    results = []
+    for pad in (-2048, -3024, 3500):
+        padded = hu.copy()
+        padded[:, :16] = pad
+        padded[:, -16:] = pad
+        ds = copy.deepcopy(src)
+        ds.PixelPaddingValue = pad
+        prepared = det.prepare(ds, padded)
+        assert any("padding (Pixel Padding Value)" in n for n in prepared.notes)
+        results.append({d.label: d.box.as_tuple() for d in det.detect(ds, padded)})
+        assert not any("padding" in n for n in det.prepare(src, padded).notes)
+    assert results[0] == results[1] == results[2]
+    assert set(results[0]) == set(base)
+    for label, box in base.items():
+        got = results[0][label]
+        ix = max(0.0, min(box.x_max, got[2]) - max(box.x_min, got[0]))
+        iy = max(0.0, min(box.y_max, got[3]) - max(box.y_min, got[1]))
+        inter = ix * iy
+        iou = inter / (box.width * box.height + (got[2] - got[0]) * (got[3] - got[1]) - inter)
+        assert iou > 0.9, (label, iou)
