@@ -143,7 +143,7 @@ def _character_set(source: Dataset, notes: list[str]) -> object | None:
         notes.append("Specific Character Set (0008,0005) present but empty: read as the default repertoire")
         return None
     unknown = [v for v in values if v and v not in _python_encoding]
-    if unknown or (len(values) == 1 and not values[0]):
+    if unknown:
         notes.append(f"Specific Character Set (0008,0005) {unknown[0][:16]!r} is not a defined term: read as the"
                      " default repertoire")
         return None
