@@ -812,9 +812,26 @@ def _build_pipeline(v: _Validator, route: LocatedMap, path: str, models: set[str
         v, raw.get("detectors"), raw.value_line("detectors"), f"{ppath}.detectors", models
     )
     options = _options(v, raw, ppath)
+    _check_radiograph_orientation(v, raw, options, ppath)
     if name is _BAD:
         return _BAD
     return PipelineSpec(name.strip(), detectors, options)
+
+
+def _check_radiograph_orientation(v: _Validator, raw: LocatedMap, options: dict[str, Any], ppath: str) -> None:
+    """``options.radiograph_orientation``: the Patient Orientation assumed for images whose header gives none
+    (inference.orientation), e.g. 'L\\F'; checked here so a typo fails at load time, not on the first image."""
+    if "radiograph_orientation" not in options or options["radiograph_orientation"] is None:
+        return
+    from inference.orientation import parse_patient_orientation
+
+    value = options["radiograph_orientation"]
+    body = raw.get("options")
+    line = body.value_line("radiograph_orientation") if isinstance(body, LocatedMap) else raw.value_line("options")
+    if not isinstance(value, str) or parse_patient_orientation(value) is None:
+        v.err(line, f"{ppath}.options.radiograph_orientation",
+              f"expected a Patient Orientation: row and column directions from A P L R H F, e.g. 'L\\F' or"
+              f" 'L,F', got {type_name(value)} {value!r}")
 
 
 def _build_routes(

@@ -80,10 +80,13 @@ def _measure(ds: Any, detections: list[Any], pixels: Any, config: NodeConfig | N
         from inference.measure import measure_image
     except ImportError as exc:
         return None, f"measurements unavailable: inference.measure not importable ({exc})"
-    from inference.preprocessing import modality_pixels
+    from inference.preprocessing import PreprocessingError, modality_pixels
 
     settings = config.measurement if config is not None else MeasurementSettings()
-    values = modality_pixels(ds, pixels) if pixels is not None and pixels.ndim == 2 else None
+    try:
+        values = modality_pixels(ds, pixels) if pixels is not None and pixels.ndim == 2 else None
+    except PreprocessingError as exc:  # malformed Rescale Slope/Intercept: measured without pixel values
+        return measure_image(ds, detections, pixels=None, settings=settings), str(exc)
     return measure_image(ds, detections, pixels=values, settings=settings), ""
 
 

@@ -21,7 +21,8 @@ from dicom_node.pipeline import PipelineError, PipelineOutcome
 from inference.cascade import models_to_preload, run_cascade
 from inference.engine import DetectorPool
 from inference.measure import measure_image
-from inference.preprocessing import modality_pixels, stored_pixels
+from inference.orientation import canonical_orientation
+from inference.preprocessing import PreprocessingError, modality_pixels, stored_pixels
 from inference.types import ModelIdentity, QuantityKind
 from inference.views import ViewStore, combine_with_stored
 from nodecore.config_schema import NodeConfig, Route
@@ -69,13 +70,25 @@ class ReferencePipeline:
         timings["decode_ms"] = (time.perf_counter() - t0) * 1e3
 
         t1 = time.perf_counter()
-        cascade = run_cascade(ds, spec.detectors, self.pool, pixels=stored)
+        orientation = canonical_orientation(ds, assumed=spec.options.get("radiograph_orientation"))
+        cascade = run_cascade(ds, spec.detectors, self.pool, pixels=stored, orientation=orientation)
         detections = list(cascade.detections)
         timings["detect_ms"] = (time.perf_counter() - t1) * 1e3
 
         t2 = time.perf_counter()
-        modality_values = modality_pixels(ds, stored) if stored.ndim == 2 else None
-        measurements = measure_image(ds, detections, pixels=modality_values, settings=self.config.measurement)
+        notes: list[str] = list(orientation.notes)
+        if not orientation.is_identity:
+            notes.append(f"detection ran on the head-up view ({orientation.name} of the stored image, from"
+                         f" {orientation.source}); regions are given in the stored pixels")
+        try:
+            modality_values = modality_pixels(ds, stored) if stored.ndim == 2 else None
+        except PreprocessingError as exc:  # malformed Rescale Slope/Intercept: reported, not raised
+            modality_values = None
+            notes.append(f"{exc}: pixel-value quantities (water-equivalent diameter) not computed")
+        measurements = measure_image(ds, detections, pixels=modality_values, settings=self.config.measurement,
+                                     orientation=orientation)
+        if notes:
+            measurements = replace(measurements, notes=tuple(dict.fromkeys((*measurements.notes, *notes))))
         measurements, combined = combine_with_stored(measurements, self.views)
         timings["measure_ms"] = (time.perf_counter() - t2) * 1e3
 
@@ -92,7 +105,8 @@ class ReferencePipeline:
             datasets=datasets,
             detections=detections,
             measurements=measurements,
-            summary={**_summary(detections, measurements, cascade, timings), "views_combined": combined is not None},
+            summary={**_summary(detections, measurements, cascade, timings), "views_combined": combined is not None,
+                     "orientation": {"operation": orientation.name, "from": orientation.source}},
         )
 
     def _identity(self, model_name: str, detections: list[Any]) -> ModelIdentity:

@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.dataset import Dataset
 
 from inference.engine import DetectorPool
+from inference.orientation import Orientation
 from inference.preprocessing import stored_pixels
 from inference.types import Detection
 from nodecore.config_schema import DetectorSpec
@@ -80,9 +81,12 @@ def _intended(ds: Dataset, pool: DetectorPool, model: str) -> str | None:
 
 
 def run_cascade(
-    ds: Dataset, specs: Sequence[DetectorSpec], pool: DetectorPool, *, pixels: np.ndarray | None = None
+    ds: Dataset, specs: Sequence[DetectorSpec], pool: DetectorPool, *, pixels: np.ndarray | None = None,
+    orientation: Orientation | None = None,
 ) -> CascadeOutcome:
-    """Run every spec on ``ds`` (gates first, once each); detections in ORIGINAL pixels, in spec order."""
+    """Run every spec on ``ds`` (gates first, once each); detections in ORIGINAL pixels, in spec order.
+
+    ``orientation``: the turn to the head-up view (default: from the header, ``inference.orientation``)."""
     import time
 
     if pixels is None and specs:
@@ -97,7 +101,8 @@ def run_cascade(
         if gate:
             key = (gate, gate_threshold)
             if key not in gate_cache:
-                gate_cache[key] = tuple(pool.get(gate).detect(ds, pixels, score_threshold=gate_threshold))
+                gate_cache[key] = tuple(pool.get(gate).detect(
+                    ds, pixels, score_threshold=gate_threshold, orientation=orientation))
             thr = gate_threshold if gate_threshold is not None else pool.card(gate).score_threshold
             fired = [
                 d
@@ -115,7 +120,8 @@ def run_cascade(
         t0 = time.perf_counter()
         detector = pool.get(spec.model)
         dets = detector.detect(
-            ds, pixels, score_threshold=spec.score_threshold, nms_iou=spec.nms_iou, classes=spec.classes
+            ds, pixels, score_threshold=spec.score_threshold, nms_iou=spec.nms_iou, classes=spec.classes,
+            orientation=orientation,
         )
         runs.append(DetectorRun(spec.model, True, "ran", tuple(dets), gate, time.perf_counter() - t0,
                                 detector.backend.served_by()))  # fmt: skip

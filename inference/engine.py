@@ -25,6 +25,7 @@ from pydicom.dataset import Dataset
 from inference.backend_base import Backend, BackendTransientError
 from inference.backends import open_backend
 from inference.modelcard import TORCHVISION_FORMATS, ModelCard, load_card
+from inference.orientation import Orientation
 from inference.postprocess import Candidates, postprocess
 from inference.preprocessing import PreparedImage, preprocess
 from inference.types import Box, Detection
@@ -120,6 +121,7 @@ class DetectItem:
 
     ds: Dataset | None
     pixels: np.ndarray | None = None
+    orientation: Orientation | None = None  # None: from the header (inference.orientation)
 
 
 class Detector:
@@ -204,12 +206,15 @@ class Detector:
                 results.append(item)
         return results
 
-    def prepare(self, ds: Dataset | None, pixels: np.ndarray | None = None) -> PreparedImage:
+    def prepare(
+        self, ds: Dataset | None, pixels: np.ndarray | None = None, orientation: Orientation | None = None
+    ) -> PreparedImage:
+        """Model input of one image; ``orientation``: the turn to the head-up view (default: from the header)."""
         if ds is None:
             if pixels is None:
                 raise ValueError("need a dataset or pixels")
-            return preprocess(pixels, self.card)
-        return preprocess(ds, self.card, pixels=pixels)
+            return preprocess(pixels, self.card, orientation=orientation)
+        return preprocess(ds, self.card, pixels=pixels, orientation=orientation)
 
     def to_detections(self, cand: Candidates, prepared: PreparedImage) -> list[Detection]:
         """Candidates in model-input pixels -> Detections in ORIGINAL pixels (zero-area boxes dropped)."""
@@ -250,13 +255,16 @@ class Detector:
     def detect(
         self, ds: Dataset | None, pixels: np.ndarray | None = None, *, score_threshold: float | None = None,
         nms_iou: float | None = None, classes: Sequence[str] | None = None, use_batcher: bool | None = None,
+        orientation: Orientation | None = None,
     ) -> list[Detection]:  # fmt: skip
         """Detections on one image (``pixels``: its stored values when already decoded), best score first.
+
+        ``orientation``: the turn to the head-up view (default: from the header); boxes are in STORED pixels.
 
         ``use_batcher``: go through the shared MicroBatcher, so concurrent callers (threads) share backend calls;
         default: ``ModelSpec.options['micro_batching']``.
         """
-        prepared = self.prepare(ds, pixels)
+        prepared = self.prepare(ds, pixels, orientation)
         return self.detect_prepared(
             [prepared],
             score_threshold=score_threshold,
@@ -273,7 +281,7 @@ class Detector:
         prepared = []
         for it in items:
             if isinstance(it, DetectItem):
-                prepared.append(self.prepare(it.ds, it.pixels))
+                prepared.append(self.prepare(it.ds, it.pixels, it.orientation))
             elif isinstance(it, Dataset):
                 prepared.append(self.prepare(it))
             else:

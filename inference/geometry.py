@@ -499,19 +499,20 @@ def _isocenter(
         source = (f"{name} = localizer image plane (PS3.3: a CONSTANT_ANGLE image plane passes through the data"
                   f" collection centre)")
         if fan_axis is not None:
-            # central ray: the centre of pixel floor(N/2) across the fan (the real Philips localizers put x = 0
-            # exactly there: IPP x = -FOV/2 at the first pixel centre)
+            # central ray: the centre of pixel floor(N/2) across the fan, counted along +LPS (the real Philips
+            # localizers put x = 0 exactly there: IPP x = -FOV/2 at the first pixel centre). Counted along +LPS,
+            # not from the first stored pixel, so that the 8 in-plane orientations of one image agree (issue 19).
             n = columns if fan_axis == "x" else rows
-            k = n // 2
             fan_vec = r_a if fan_axis == "x" else c_a
             step = ps[1] if fan_axis == "x" else ps[0]
-            ray = float(((ipp_a + k * step * fan_vec) @ fan_vec) * np.sign(fan_vec[1 - axis]))
+            k = n // 2 if fan_vec[1 - axis] > 0 else n - 1 - n // 2
+            ray = float((ipp_a + k * step * fan_vec)[1 - axis])
             if abs(ray) <= step:
                 iso[1 - axis] = 0.0
                 source += f", {other} = 0 (vendor convention, agrees with the central ray at {ray:+.2f} mm)"
             else:
                 iso[1 - axis] = ray
-                source += f", {other} = central ray (centre of pixel {k} across the fan)"
+                source += f", {other} = central ray (centre of pixel {n // 2} across the fan, counted along +{other})"
                 notes.append(
                     f"isocenter {other} = {ray:.1f} mm from the fan centre: the vendor convention {other} = 0 is"
                     " contradicted by the image (table-based patient frame)"

@@ -35,6 +35,7 @@ from inference.geometry import (
     solve_extent,
     table_move_instruction,
 )
+from inference.orientation import Orientation, canonical_orientation
 from inference.types import (
     Detection,
     GeometryLevel,
@@ -146,6 +147,7 @@ class _Ctx:
     ctdivol: tuple[float, str] | None
     dlp_total: tuple[float, str] | None
     notes: list[str] = field(default_factory=list)
+    transposed: bool = False  # the stored image is transposed against the head-up view (inference.orientation)
 
 
 def _q(kind: QuantityKind, value: float, unit: str, method: str, *, estimated: bool = False,
@@ -170,18 +172,22 @@ def measure_image(
     settings: MeasurementSettings = _DEFAULT_SETTINGS,
     ctdivol_mgy: float | None = None,
     dlp_mgy_cm: float | None = None,
+    orientation: Orientation | None = None,
 ) -> MeasuredImage:
     """Measure every detection on ``ds``.
 
     ``pixels``: Modality-LUT-applied float image (Rows x Columns), needed for the water-equivalent diameter and the
     single-view depth estimates; None -> those are reported unavailable. ``ctdivol_mgy`` / ``dlp_mgy_cm``: the
     study's CT dose (e.g. from its dose report); when absent, CTDIvol (0018,9345) of this image is used and the
-    method says so.
+    method says so. ``orientation``: the turn of the stored image to the head-up view (default: from the header,
+    ``inference.orientation``); box width and height are those of the head-up view (across / along the body).
     """
     options: dict[str, Any] = {**DEFAULT_OPTIONS, **dict(settings.options)}
     geom = geometry_from_dataset(ds, scanner_geometry=settings.scanner_geometry)
     model = {**DEFAULT_REGION_MODEL, **{str(k).upper(): v for k, v in settings.region_model.items()}}
-    ctx = _Ctx(ds, geom, options, model, None, None, None, list(geom.notes))
+    if orientation is None:
+        orientation = canonical_orientation(ds)
+    ctx = _Ctx(ds, geom, options, model, None, None, None, list(geom.notes), orientation.transpose)
     if pixels is not None:
         arr = np.asarray(pixels)
         if arr.ndim != 2 or arr.shape != (geom.rows, geom.columns):
@@ -213,12 +219,18 @@ def measure_image(
             rm = _measure_projection_region(ctx, det)
         regions.append(rm)
     image_quantities = _diaphragm(ctx, detections)
+    isocenter = geom.isocenter
+    if geom.level == GeometryLevel.PATIENT and not geom.frame_of_reference_uid:
+        regions, image_quantities = _without_frame(regions, image_quantities)
+        fans = []
+        isocenter = None
+        ctx.notes.append(NO_FRAME_OF_REFERENCE)
     return MeasuredImage(
         sop_instance_uid=geom.sop_instance_uid,
         geometry_level=geom.level,
         regions=tuple(regions),
         view=geom.view,
-        isocenter_lps_mm=geom.isocenter,
+        isocenter_lps_mm=isocenter,
         isocenter_source=geom.isocenter_source,
         notes=tuple(dict.fromkeys(ctx.notes)),
         image_quantities=image_quantities,
@@ -228,12 +240,43 @@ def measure_image(
     )
 
 
+NO_FRAME_OF_REFERENCE = (
+    "Frame of Reference UID (0020,0052) absent (e.g. removed by an anonymiser): patient coordinates cannot be"
+    " referenced, so the 3-D region coordinates (SCOORD3D), centres, isocenter offsets and the diaphragm level are"
+    " not reported; pixel coordinates and sizes are"
+)
+# Quantities that are positions in the patient frame (meaningless without its Frame of Reference UID).
+FRAME_QUANTITIES = (K.CENTER_X, K.CENTER_Y, K.CENTER_Z, K.ISO_OFFSET_LATERAL, K.ISO_OFFSET_VERTICAL)
+
+
+def _without_frame(
+    regions: Sequence[RegionMeasurement], image_quantities: tuple[Quantity, ...]
+) -> tuple[list[RegionMeasurement], tuple[Quantity, ...]]:
+    """Regions without their patient-frame polygon and positions (each listed unavailable with the reason)."""
+    reason = "Frame of Reference UID (0020,0052) absent: no patient-frame position"
+    out = []
+    for rm in regions:
+        quantities = tuple(q for q in rm.quantities if q.kind not in FRAME_QUANTITIES)
+        unavailable = tuple((k, r) for k, r in rm.unavailable if k not in FRAME_QUANTITIES)
+        unavailable += tuple((k, reason) for k in FRAME_QUANTITIES)
+        out.append(RegionMeasurement(rm.detection, quantities, unavailable, None))
+    return out, tuple(q for q in image_quantities if q.kind != K.DIAPHRAGM_Z)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # CT localizers
 
 
 def _row_range(box_y0: float, box_y1: float, rows: int) -> tuple[int, int]:
     return max(0, int(math.floor(box_y0))), min(rows, int(math.ceil(box_y1)))
+
+
+def _table_range(box: Any, geom: ImageGeometry) -> tuple[int, int]:
+    """Index range of the box along the image axis that follows the table: rows, or columns when the fan runs
+    along image y (a localizer stored rotated, issue 19)."""
+    if geom.fan_axis == "y":
+        return _row_range(box.x_min, box.x_max, geom.columns)
+    return _row_range(box.y_min, box.y_max, geom.rows)
 
 
 def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, RegionFan | None]:
@@ -247,8 +290,12 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
     w_mm, h_mm = box.width * geom.spacing_x_mm, box.height * geom.spacing_y_mm
     fan_axis = geom.fan_axis
     plane_note = "at the isocenter plane (fan-beam magnification not corrected)" if geom.kind == "ct_localizer" else "in the image plane"
-    q.append(_q(K.BOX_WIDTH, w_mm, "mm", plane_note if fan_axis == "x" else "along the table (z), exact" if fan_axis == "y" else "in the image plane"))
-    q.append(_q(K.BOX_HEIGHT, h_mm, "mm", plane_note if fan_axis == "y" else "along the table (z), exact" if fan_axis == "x" else "in the image plane"))
+    w_note = plane_note if fan_axis == "x" else "along the table (z), exact" if fan_axis == "y" else "in the image plane"
+    h_note = plane_note if fan_axis == "y" else "along the table (z), exact" if fan_axis == "x" else "in the image plane"
+    if ctx.transposed:  # width / height are those of the head-up view (across / along the body)
+        w_mm, h_mm, w_note, h_note = h_mm, w_mm, h_note, w_note
+    q.append(_q(K.BOX_WIDTH, w_mm, "mm", w_note))
+    q.append(_q(K.BOX_HEIGHT, h_mm, "mm", h_note))
     q.append(_q(K.ELLIPSE_AREA, dose.ellipse_area_cm2(w_mm, h_mm), "cm2", "pi/4 x box width x box height (box sides as axes)"))
     z_vals = corners[:, 2]
     z_lo, z_hi = float(z_vals.min()), float(z_vals.max())
@@ -260,7 +307,7 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
         reason = "not a CT localizer with a known fan axis and view"
         for k in (K.ISO_OFFSET_LATERAL, K.ISO_OFFSET_VERTICAL):
             un.append((k, reason))
-        _ct_dose(ctx, label, q, un, rows=_row_range(box.y_min, box.y_max, geom.rows), depth=None, z_len=z_hi - z_lo)
+        _ct_dose(ctx, label, q, un, rows=_table_range(box, geom), depth=None, z_len=z_hi - z_lo)
         return _region(det, q, un, corners), None
 
     f = np.asarray(geom.fan_direction)
@@ -269,7 +316,7 @@ def _measure_ct_region(ctx: _Ctx, det: Detection) -> tuple[RegionMeasurement, Re
     u_lo, u_hi = float(u.min()), float(u.max())
     axis = int(np.argmax(np.abs(f)))  # 0: x (frontal), 1: y (lateral)
     sign = float(np.sign(f[axis]))
-    rows = _row_range(box.y_min, box.y_max, geom.rows)
+    rows = _table_range(box, geom)
     shape = ctx.region_model.get(label, RegionShape())
     thickness, t_note = _ap_thickness(ctx, shape, box, rows) if geom.view == "frontal" else (None, "")
     if t_note:
@@ -319,12 +366,15 @@ def _ap_thickness(ctx: _Ctx, shape: RegionShape, box: Any, rows: tuple[int, int]
     if ctx.wepl is None:
         return None, ""
     r0, r1 = rows
-    cx = box.center[0]
-    half = max(box.width * float(ctx.options["central_fraction"]), 1.0)
-    c0, c1 = max(0, int(math.floor(cx - half))), min(ctx.geom.columns, int(math.ceil(cx + half)))
+    fan_y = ctx.geom.fan_axis == "y"  # stored rotated: the table runs along image x
+    cx, across, n_across = (box.center[1], box.height, ctx.geom.rows) if fan_y else (box.center[0], box.width,
+                                                                                     ctx.geom.columns)
+    half = max(across * float(ctx.options["central_fraction"]), 1.0)
+    c0, c1 = max(0, int(math.floor(cx - half))), min(n_across, int(math.ceil(cx + half)))
     if r1 <= r0 or c1 <= c0:
         return None, "box outside the image, no water-equivalent thickness"
-    per_row = np.median(np.clip(ctx.wepl[r0:r1, c0:c1], 0.0, None), axis=1)
+    wepl = ctx.wepl[c0:c1, r0:r1].T if fan_y else ctx.wepl[r0:r1, c0:c1]
+    per_row = np.median(np.clip(wepl, 0.0, None), axis=1)
     return max(float(np.percentile(per_row, 90)) - shape.bone_wepl_mm, 0.0) / shape.density, ""
 
 
@@ -511,6 +561,8 @@ def _measure_projection_region(ctx: _Ctx, det: Detection) -> RegionMeasurement:
         }.get(geom.level, "in the image plane")
         method = f"{plane}; {geom.spacing_source}"
         w, h = box.width * geom.spacing_x_mm, box.height * geom.spacing_y_mm
+        if ctx.transposed:  # width / height are those of the head-up view (across / along the body)
+            w, h = h, w
         q.append(_q(K.BOX_WIDTH, w, "mm", method))
         q.append(_q(K.BOX_HEIGHT, h, "mm", method))
         q.append(_q(K.ELLIPSE_AREA, dose.ellipse_area_cm2(w, h), "cm2", f"pi/4 x w x h, {plane}"))

@@ -1,6 +1,9 @@
 """Stored pixels -> model input tensor, recording every geometric step so boxes map back EXACTLY.
 
-Steps come from the model card (``ModelCard.preprocessing``) in order. Intensity steps: ``modality_lut`` (Rescale
+First, the stored image is turned to the canonical head-up view (``inference.orientation``: from Image
+Orientation (Patient), Patient Orientation or the route's ``radiograph_orientation``), recorded as an ``orient``
+step (one of the 8 in-plane rotations/flips; exact, no resampling). Then the steps of the model card
+(``ModelCard.preprocessing``) in order. Intensity steps: ``modality_lut`` (Rescale
 Slope/Intercept or Modality LUT -> modality values, e.g. HU), ``voi`` (window from the header, percentiles, min/max
 or fixed -> [0, 1]), ``invert_monochrome1``/``invert``, ``equalize_histogram``, ``normalize`` (last). Geometric
 steps (``crop_to_content``, ``flip``, ``resize``, ``letterbox``) each append an axis-aligned affine map to the
@@ -8,7 +11,8 @@ steps (``crop_to_content``, ``flip``, ``resize``, ``letterbox``) each append an 
 
 Coordinates are continuous pixel coordinates with (0, 0) at the top-left CORNER of the first pixel (see
 inference.types). A resampler that aligns pixel centres (Pillow, as used here) maps x_out = x_in * out/in in these
-coordinates, so every step is ``x' = sx * x + tx``, ``y' = sy * y + ty`` and inverts exactly in float64.
+coordinates, so every step is ``x' = sx * x + tx``, ``y' = sy * y + ty`` (after swapping x and y for a transposing ``orient``
+step) and inverts exactly in float64.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pydicom.dataset import Dataset
 
 from inference.decoders import decode_pixels
 from inference.modelcard import ModelCard, PreprocessStep
+from inference.orientation import IDENTITY, Orientation, canonical_orientation
 
 log = logging.getLogger(__name__)
 
@@ -44,16 +49,26 @@ class PreprocessingError(ValueError):
 class GeometricStep:
     """One axis-aligned affine step: ``x' = sx * x + tx``, ``y' = sy * y + ty`` (pixel corner coordinates).
 
-    ``size_in``/``size_out`` are (rows, columns) before and after the step.
+    ``swap``: x and y are exchanged first (a transposing ``orient`` step: ``x' = sx * y + tx``,
+    ``y' = sy * x + ty``). ``size_in``/``size_out`` are (rows, columns) before and after the step.
     """
 
-    op: str  # crop | flip | resize | letterbox
+    op: str  # orient | crop | flip | resize | letterbox
     size_in: tuple[int, int]
     size_out: tuple[int, int]
     sx: float
     tx: float
     sy: float
     ty: float
+    swap: bool = False
+
+    def forward(self, xy: np.ndarray) -> np.ndarray:
+        x, y = (xy[:, 1], xy[:, 0]) if self.swap else (xy[:, 0], xy[:, 1])
+        return np.stack([x * self.sx + self.tx, y * self.sy + self.ty], axis=1)
+
+    def backward(self, xy: np.ndarray) -> np.ndarray:
+        x, y = (xy[:, 0] - self.tx) / self.sx, (xy[:, 1] - self.ty) / self.sy
+        return np.stack([y, x] if self.swap else [x, y], axis=1)
 
 
 @dataclass(frozen=True)
@@ -72,25 +87,32 @@ class Transform:
             raise ValueError(f"step {step.op} expects size {step.size_in}, chain is at {self.model_size}")
         return Transform(self.original_size, self.steps + (step,))
 
+    @property
+    def swaps_axes(self) -> bool:
+        """True when the chain exchanges x and y (an odd number of transposing steps)."""
+        return sum(s.swap for s in self.steps) % 2 == 1
+
     def affine(self) -> tuple[float, float, float, float]:
-        """The whole chain as one map (sx, tx, sy, ty): model = s * original + t."""
+        """The whole chain as one map (sx, tx, sy, ty): model = s * original + t (after swapping x and y first
+        when ``swaps_axes``)."""
         sx, tx, sy, ty = 1.0, 0.0, 1.0, 0.0
         for s in self.steps:
+            if s.swap:
+                sx, tx, sy, ty = sy, ty, sx, tx
             sx, tx = s.sx * sx, s.sx * tx + s.tx
             sy, ty = s.sy * sy, s.sy * ty + s.ty
         return sx, tx, sy, ty
 
     def points_to_model(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        sx, tx, sy, ty = self.affine()
-        return np.stack([xy[:, 0] * sx + tx, xy[:, 1] * sy + ty], axis=1)
+        out = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
+        for s in self.steps:
+            out = s.forward(out)
+        return out
 
     def points_to_original(self, xy: np.ndarray) -> np.ndarray:
-        xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-        out = xy.copy()
+        out = np.asarray(xy, dtype=np.float64).reshape(-1, 2).copy()
         for s in reversed(self.steps):  # step by step: exact inverse of each
-            out[:, 0] = (out[:, 0] - s.tx) / s.sx
-            out[:, 1] = (out[:, 1] - s.ty) / s.sy
+            out = s.backward(out)
         return out
 
     def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
@@ -147,8 +169,27 @@ def modality_pixels(ds: Dataset, pixels: np.ndarray) -> np.ndarray:
         from pydicom.pixels import apply_modality_lut
 
         return np.asarray(apply_modality_lut(arr, ds), dtype=np.float32)
-    slope, intercept = float(ds.get("RescaleSlope", 1.0) or 1.0), float(ds.get("RescaleIntercept", 0.0) or 0.0)
+    slope, intercept, problem = rescale(ds)
+    if problem:
+        raise PreprocessingError(problem + ": modality values unknown")
     return (arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)).astype(np.float32)
+
+
+def rescale(ds: Dataset) -> tuple[float, float, str]:
+    """(Rescale Slope, Rescale Intercept, problem): 1 and 0 when absent; a malformed value gives 1 / 0 and the
+    problem (PHI-free) instead of raising."""
+    out, problems = [], []
+    for keyword, tag, default in (("RescaleSlope", "(0028,1053)", 1.0), ("RescaleIntercept", "(0028,1052)", 0.0)):
+        try:
+            raw = ds.get(keyword, default)
+            value = default if raw in (None, "") else float(raw)
+            if not math.isfinite(value) or (keyword == "RescaleSlope" and value == 0.0):
+                raise ValueError("not finite / zero")
+        except (TypeError, ValueError):
+            problems.append(f"{keyword} {tag} is malformed")
+            value = default
+        out.append(value)
+    return out[0], out[1], "; ".join(problems)
 
 
 class _State:
@@ -166,9 +207,13 @@ def _voi(st: _State, ds: Dataset | None, p: dict[str, Any]) -> None:
     if mode == "header":
         center = width = None
         if ds is not None and "WindowCenter" in ds and "WindowWidth" in ds:
-            c, w = ds.WindowCenter, ds.WindowWidth
-            center = float(c[0] if hasattr(c, "__len__") and not isinstance(c, str) else c)
-            width = float(w[0] if hasattr(w, "__len__") and not isinstance(w, str) else w)
+            try:
+                c, w = ds.WindowCenter, ds.WindowWidth
+                center = float(c[0] if hasattr(c, "__len__") and not isinstance(c, str) else c)
+                width = float(w[0] if hasattr(w, "__len__") and not isinstance(w, str) else w)
+            except (TypeError, ValueError, IndexError):
+                st.notes.append("Window Center/Width (0028,1050/1051) malformed: ignored")
+                center = width = None
         if center is not None and width is not None and width >= 1.0:
             func = str(ds.get("VOILUTFunction", "LINEAR")).upper() if ds is not None else "LINEAR"
             if func == "SIGMOID":
@@ -236,6 +281,49 @@ def _resize(img: np.ndarray, rows: int, cols: int, interpolation: str) -> np.nda
     return np.asarray(pil.resize((cols, rows), resample=_PIL_RESAMPLE[interpolation]), dtype=np.float32)
 
 
+def _padding_to_air(st: _State, ds: Dataset, notes: list[str]) -> None:
+    """CT: stored pixels equal to Pixel Padding Value (0028,0120) (up to Pixel Padding Range Limit (0028,0121))
+    lie outside the exposed field; vendors pad with -1024, -2048 or 0 HU. They are set to the lowest exposed
+    value (air), so the model sees the same image whatever the vendor's padding. Only when the header declares the
+    padding (an undeclared 0 HU cannot be told from tissue); radiographs are left as they are."""
+    if "PixelPaddingValue" not in ds or str(ds.get("Modality", "")).upper() != "CT":
+        return
+    try:
+        lo = float(_first(ds.PixelPaddingValue))
+        hi = float(_first(ds.PixelPaddingRangeLimit)) if "PixelPaddingRangeLimit" in ds else lo
+    except (TypeError, ValueError, IndexError):
+        notes.append("Pixel Padding Value (0028,0120) malformed: ignored")
+        return
+    lo, hi = min(lo, hi), max(lo, hi)
+    mask = (st.img >= lo) & (st.img <= hi)
+    if not mask.any() or mask.all():
+        return
+    st.img = np.where(mask, np.float32(st.img[~mask].min()), st.img).astype(np.float32)
+    notes.append(f"{100.0 * mask.mean():.1f} % of the pixels are padding (Pixel Padding Value): set to air"
+                 " (the lowest exposed value) before detection")
+
+
+def _first(v: Any) -> Any:
+    return v[0] if hasattr(v, "__len__") and not isinstance(v, str | bytes) else v
+
+
+def orient_step(orientation: Orientation, rows: int, cols: int) -> GeometricStep:
+    """The ``orient`` step of ``orientation`` on a rows x cols image (exact in float64)."""
+    out_r, out_c = orientation.output_size(rows, cols)
+    return GeometricStep(
+        "orient", (rows, cols), (out_r, out_c),
+        -1.0 if orientation.flip_x else 1.0, float(out_c) if orientation.flip_x else 0.0,
+        -1.0 if orientation.flip_y else 1.0, float(out_r) if orientation.flip_y else 0.0,
+        orientation.transpose,
+    )  # fmt: skip
+
+
+def _orient(st: _State, orientation: Orientation) -> None:
+    rows, cols = st.img.shape
+    st.img = np.ascontiguousarray(orientation.apply(st.img))
+    st.transform = st.transform.then(orient_step(orientation, rows, cols))
+
+
 def _geometric(st: _State, step: PreprocessStep, card: ModelCard) -> None:
     p = dict(step.params)
     rows, cols = st.img.shape
@@ -292,12 +380,15 @@ def _geometric(st: _State, step: PreprocessStep, card: ModelCard) -> None:
 
 
 def preprocess(
-    ds_or_pixels: Dataset | np.ndarray, card: ModelCard, *, pixels: np.ndarray | None = None
+    ds_or_pixels: Dataset | np.ndarray, card: ModelCard, *, pixels: np.ndarray | None = None,
+    orientation: Orientation | None = None,
 ) -> PreparedImage:
     """Turn a dataset (or a bare 2-D array of stored values) into the card's model input.
 
-    ``pixels``: the dataset's STORED pixel values when already decoded (saves a second decode). Returns the tensor
-    as (C, H, W) - the engine transposes for NHWC models - plus the transform back to ORIGINAL pixels.
+    ``pixels``: the dataset's STORED pixel values when already decoded (saves a second decode). ``orientation``:
+    the in-plane operation to the canonical head-up view; default: from the dataset's header
+    (``inference.orientation.canonical_orientation``), none for a bare array. Returns the tensor as (C, H, W) - the
+    engine transposes for NHWC models - plus the transform back to ORIGINAL pixels.
     """
     ds = ds_or_pixels if isinstance(ds_or_pixels, Dataset) else None
     if ds is None:
@@ -320,6 +411,14 @@ def preprocess(
         raise PreprocessingError(f"expected a 2-D image, got an array of shape {arr.shape}")
     rows, cols = arr.shape
     st = _State(arr.astype(np.float32), Transform((rows, cols)))
+    if orientation is None:
+        orientation = canonical_orientation(ds) if ds is not None else IDENTITY
+    notes.extend(orientation.notes)
+    if not orientation.is_identity:
+        _orient(st, orientation)
+        notes.append(f"turned to the head-up view ({orientation.name}, from {orientation.source})")
+    if ds is not None:
+        _padding_to_air(st, ds, notes)
     st.notes = notes
     normalize: PreprocessStep | None = None
     for step in card.preprocessing:
@@ -332,7 +431,9 @@ def preprocess(
                     apply_modality_lut(np.rint(st.img).astype(np.int64), ds), dtype=np.float32
                 )
             elif ds is not None and ("RescaleSlope" in ds or "RescaleIntercept" in ds):
-                slope, intercept = float(ds.get("RescaleSlope", 1.0)), float(ds.get("RescaleIntercept", 0.0))
+                slope, intercept, problem = rescale(ds)
+                if problem:
+                    st.notes.append(f"{problem}: slope 1 / intercept 0 used for detection")
                 st.img = (st.img * np.float32(slope) + np.float32(intercept)).astype(np.float32)
             elif ds is None:
                 st.notes.append("no header: modality LUT not applied")

@@ -87,8 +87,8 @@ class Detection:
 class QuantityKind(StrEnum):
     """Vocabulary of per-region quantities; the SR writer maps each one to a coded concept and UCUM unit."""
 
-    BOX_WIDTH = "box_width"  # mm, in-plane width of the box (x) at the plane stated by the geometry
-    BOX_HEIGHT = "box_height"  # mm, (y of the image)
+    BOX_WIDTH = "box_width"  # mm, width of the box in the head-up view (across the body) at the stated plane
+    BOX_HEIGHT = "box_height"  # mm, height in the head-up view (along the body); see inference.orientation
     ELLIPSE_AREA = "ellipse_area"  # cm2, pi/4 * w * h
     CENTER_X = "center_x"  # mm, patient LPS x of the box centre
     CENTER_Y = "center_y"  # mm, patient LPS y of the box centre

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass
 
 from pydicom import config as pydicom_config
+from pydicom.charset import python_encoding as _python_encoding
 from pydicom.dataset import Dataset
 from pydicom.valuerep import validate_value
 
@@ -88,14 +89,18 @@ class SourceHeader:
 _TEXT_VRS = ("PN", "LO", "SH", "ST", "LT", "UT", "UC")
 
 
-def _valid(keyword: str, ds: Dataset) -> str | None:
-    """None when the element's value is valid for its VR, else a PHI-free reason."""
+def _valid(keyword: str, ds: Dataset, has_charset: bool | None = None) -> str | None:
+    """None when the element's value is valid for its VR, else a PHI-free reason.
+
+    ``has_charset``: whether the result carries a Specific Character Set (default: whether the source has one)."""
     elem = ds[keyword]
     values = elem.value if elem.VM > 1 else [elem.value]
+    if has_charset is None:
+        has_charset = bool(ds.get("SpecificCharacterSet"))
     for v in values:
         if v is None or v == "":
             continue
-        if elem.VR in _TEXT_VRS and not ds.get("SpecificCharacterSet") and not str(v).isascii():
+        if elem.VR in _TEXT_VRS and not has_charset and not str(v).isascii():
             return f"{keyword} not copied from the source: characters outside the default repertoire " \
                    "and no Specific Character Set"
         if elem.VR in ("US", "SS", "UL", "SL", "FL", "FD", "SQ", "OB", "OW", "UN"):
@@ -127,6 +132,24 @@ def orientation_letters(cosines: tuple[float, float, float]) -> str:
     return "".join(out)
 
 
+def _character_set(source: Dataset, notes: list[str]) -> object | None:
+    """The source's Specific Character Set when every value is a defined term; else None (the default repertoire,
+    as pydicom read the source's text) and a note. Empty or unknown values are seen on real scanners (issue 19)."""
+    if "SpecificCharacterSet" not in source:
+        return None
+    value = source.SpecificCharacterSet
+    values = [str(v).strip() for v in (value if not isinstance(value, str) else [value])]
+    if not values or not any(values):
+        notes.append("Specific Character Set (0008,0005) present but empty: read as the default repertoire")
+        return None
+    unknown = [v for v in values if v and v not in _python_encoding]
+    if unknown:
+        notes.append(f"Specific Character Set (0008,0005) {unknown[0][:16]!r} is not a defined term: read as the"
+                     " default repertoire")
+        return None
+    return value
+
+
 def read_source_header(source: Dataset) -> SourceHeader:
     """Build the sanitised header of ``source`` (pixels are not touched)."""
     for kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "Rows",
@@ -136,14 +159,15 @@ def read_source_header(source: Dataset) -> SourceHeader:
     ds = Dataset()
     notes: list[str] = []
     derived: list[str] = []
-    if "SpecificCharacterSet" in source:
-        ds.SpecificCharacterSet = source.SpecificCharacterSet
+    charset = _character_set(source, notes)
+    if charset is not None:
+        ds.SpecificCharacterSet = charset
     for kw in PATIENT_STUDY + OPTIONAL + IMAGE:
         if kw not in source:
             if kw in PATIENT_STUDY:
                 setattr(ds, kw, "")
             continue
-        reason = _valid(kw, source)
+        reason = _valid(kw, source, charset is not None)
         if reason:
             if kw in ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID"):
                 raise ValueError(f"source image has an invalid {kw} (VR UI): cannot reference it")
@@ -154,9 +178,13 @@ def read_source_header(source: Dataset) -> SourceHeader:
         ds.add(source[kw])
     if "SamplesPerPixel" not in ds:
         ds.SamplesPerPixel = 1
+    rescale = [kw for kw in ("RescaleSlope", "RescaleIntercept") if kw in ds]
+    if len(rescale) == 1:  # the other one was malformed and left out: the pair goes together (issue 19)
+        del ds[rescale[0]]
+        notes.append(f"{rescale[0]} not copied either: Rescale Slope and Intercept go together")
 
     orientation: tuple[str, str] | None = None
-    iop = source.get("ImageOrientationPatient")
+    iop = ds.get("ImageOrientationPatient")  # the copy: a malformed source value was left out above
     if iop is not None and len(iop) == 6:
         row = tuple(float(v) for v in iop[:3])
         col = tuple(float(v) for v in iop[3:])

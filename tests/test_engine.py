@@ -18,7 +18,8 @@ from dicom_node.cli import main as cli_main
 from inference.cascade import models_to_preload, run_cascade, run_detectors
 from inference.engine import DetectItem, Detector, DetectorPool, MicroBatcher
 from inference.modelcard import ModelCard, ModelCardError, load_card
-from inference.preprocessing import PreprocessingError, stored_pixels
+from inference.orientation import canonical_orientation
+from inference.preprocessing import PreprocessingError, orient_step, stored_pixels
 from nodecore.config_schema import DetectorSpec, ModelSpec
 from tests import onnx_factory as factory
 
@@ -170,7 +171,14 @@ def test_real_files_end_to_end(models: Path, realdata_files: list[Path]) -> None
             continue
         prepared = det.prepare(ds, pixels)
         dets = det.detect(ds, pixels)
-        expected = _finder_box_in_original(prepared.tensor, int(ds.Rows), int(ds.Columns))
+        # the image is first turned head-up (inference.orientation; e.g. the Rentgenprom DX, Patient Orientation
+        # H\\L): the letterbox is undone in the turned frame, then the turn (tests/test_orientation.py checks it)
+        turn = canonical_orientation(ds)
+        rows, cols = turn.output_size(int(ds.Rows), int(ds.Columns))
+        expected = _finder_box_in_original(prepared.tensor, rows, cols)
+        if expected is not None:
+            back = orient_step(turn, int(ds.Rows), int(ds.Columns)).backward(expected.reshape(2, 2))
+            expected = np.concatenate([back.min(axis=0), back.max(axis=0)])
         chest = [d for d in dets if d.label == "CHEST"]
         if expected is None:
             assert chest == [], path.name
