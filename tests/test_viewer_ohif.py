@@ -73,8 +73,8 @@ def _geometry(ds: pydicom.Dataset, image_id: str) -> dict[str, Any]:
 
 def _sources(realdata_files: list[Path], tmp: Path) -> list[Path]:
     """Every real file, and simulated frontal and lateral CT localizers and a DX. The three RG2 hip files of
-    ../shared/realdata are one SOP instance in three transfer syntaxes; a PACS keeps one object per SOP Instance
-    UID, so the second and third get UIDs of their own (study, series, instance) to be viewed side by side."""
+    ../shared/realdata are one study (one image in three transfer syntaxes, three SOP instances): the second and
+    third get a study and series of their own, so each opens alone as a reader would see it."""
     from inference.simulator.simulate import simulate_case
 
     tmp.mkdir(parents=True, exist_ok=True)
@@ -82,14 +82,13 @@ def _sources(realdata_files: list[Path], tmp: Path) -> list[Path]:
     seen: set[str] = set()
     for path in realdata_files:
         ds = pydicom.dcmread(path)
-        sop = str(ds.SOPInstanceUID)
-        if sop not in seen:
-            seen.add(sop)
+        study = str(ds.StudyInstanceUID)
+        if study not in seen:
+            seen.add(study)
             out.append(path)
             continue
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID"):
             setattr(ds, kw, derived_uid("viewer-test", kw, str(getattr(ds, kw)), path.name))
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
         target = tmp / path.name
         ds.save_as(target, enforce_file_format=True)
         out.append(target)
@@ -134,6 +133,7 @@ def viewer_setup(realdata_files: list[Path], tmp_path_factory: pytest.TempPathFa
             ))
     finally:
         pipeline.close()
+    assert len({s.study for s in studies}) == len(studies)  # one study each: the viewer opens exactly it
     server = OhifServer(orthanc.url).start()
     yield studies, server
     server.stop()
@@ -149,12 +149,12 @@ def test_ohif_draws_and_tracks_every_region(viewer_setup: Any, tmp_path: Path) -
         "studies": [{"study": s.study, "name": s.name, "expected": len(s.names)} for s in studies],
     }, timeout_s=60 * len(studies) + 60)
     (shots / "ohif_report.json").write_text(json.dumps(report, indent=1))
-    by_study = {r["study"]: r for r in report["results"]}
+    by_name = {r["name"]: r for r in report["results"]}
     problems: list[str] = []
     drawn = named = tracked = total = 0
     unserved = []
     for s in studies:
-        r = by_study[s.study]
+        r = by_name[s.name]
         if _source_not_served(r):
             unserved.append(s.name)
             continue
