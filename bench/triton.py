@@ -66,11 +66,11 @@ def export(tmp: Path) -> Path:
 
 def latency(server: Any, files: list[Path], iterations: int) -> dict[str, Any]:
     import pydicom
-    from dicom_node.config_schema import ModelSpec, TritonSpec
 
     from inference.engine import Detector
     from inference.modelcard import load_card
     from inference.preprocessing import stored_pixels
+    from nodecore.config_schema import ModelSpec, TritonSpec
 
     card = load_card("builtin:reference")
     images = []
@@ -128,7 +128,8 @@ routes:
 
 def clones(sources: list[Path], out: Path, tag: str, n: int) -> list[Path]:
     import pydicom
-    from dicom_node.uids import derived_uid
+
+    from nodecore.uids import derived_uid
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []

@@ -33,10 +33,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from dicom_node.config_schema import TritonSpec
 
 from inference.backend_base import Backend, BackendError, BackendTransientError
 from inference.modelcard import ModelCard
+from nodecore.config_schema import TritonSpec
 
 log = logging.getLogger(__name__)
 

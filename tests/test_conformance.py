@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import pydicom
 import pytest
-from dicom_node.config_schema import NodeConfig, Route
 
 from dicom_node.pipeline import PipelineOutcome, ReceivedObject
 from inference.orientation import Orientation
 from inference.preprocessing import orient_step
 from inference.types import GeometryLevel, QuantityKind
+from nodecore.config_schema import NodeConfig, Route
 from sr_writer import read_image_notes, read_sr
 from tests.conformance import FAULTS, LATERAL_DERIVED, LOCALIZERS, RADIOGRAPHS, Variant, build_corpus
 from tests.test_reference_pipeline import example_config, route_for
@@ -53,7 +53,7 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> NodeConfig:
 
 @pytest.fixture(scope="module")
 def runs(config: NodeConfig, realdata_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> list[Run]:
-    from inference.reference_pipeline import ReferencePipeline
+    from dicom_node.reference_pipeline import ReferencePipeline
 
     variants = build_corpus(realdata_dir, tmp_path_factory.mktemp("corpus"))
     pipeline = ReferencePipeline(config)
@@ -238,7 +238,7 @@ def test_radiograph_without_patient_orientation_is_taken_as_stored_and_noted(run
 
 
 def test_every_real_file_gets_a_result(config: NodeConfig, realdata_files: list[Path]) -> None:
-    from inference.reference_pipeline import ReferencePipeline
+    from dicom_node.reference_pipeline import ReferencePipeline
 
     pipeline = ReferencePipeline(config)
     errors = []
@@ -260,9 +260,9 @@ def test_route_setting_orients_a_radiograph_without_patient_orientation(
     """The real Fuji CR (no Patient Orientation) with ``radiograph_orientation: R\\F`` on its route is detected
     mirrored: its boxes are exactly the mirror of those of the physically mirrored image taken as stored."""
     import yaml
-    from inference.reference_pipeline import ReferencePipeline
 
     from dicom_node.config import load_config
+    from dicom_node.reference_pipeline import ReferencePipeline
     from dicom_node.routing import select_route
     from inference.preprocessing import stored_pixels
     from tests.conformance import _write, restore

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from dicom_node.uids import result_uids
 
 from dicom_node.jobqueue import JobQueue
 from inference.orientation import Orientation
 from inference.preprocessing import stored_pixels
+from nodecore.uids import result_uids
 from tests.conformance import _write, restore
 from tests.node_process import NodeProcess, node, storescu  # noqa: F401
 from tests.orthanc import Orthanc, orthanc  # noqa: F401

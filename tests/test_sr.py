@@ -458,6 +458,7 @@ def assert_document(src: Dataset, dets, meas, context: ResultContext | None = No
         assert read_image_notes(explicit)[0].startswith(f"Number of regions detected: {len(dets)} region")
 
 
+@pytest.mark.slow  # every input, both SR forms, two encodings: in `make test`, not `make test-fast`
 def test_every_real_file_gives_readable_viewer_shaped_srs(realdata_files: list[Path], realdata_dir: Path) -> None:
     for f in realdata_files:
         src = pydicom.dcmread(f, stop_before_pixels=True)
@@ -466,6 +467,7 @@ def test_every_real_file_gives_readable_viewer_shaped_srs(realdata_files: list[P
         assert_document(src, dets, None)
 
 
+@pytest.mark.slow  # every input, both SR forms, two encodings: in `make test`, not `make test-fast`
 def test_simulated_cases_give_readable_viewer_shaped_srs() -> None:
     from inference.measure import measure_image
     from inference.simulator.simulate import simulate_case
@@ -481,6 +483,7 @@ def test_simulated_cases_give_readable_viewer_shaped_srs() -> None:
             check_regions(read_sr(write_sr(ds, dets, meas, ctx())), dets, meas)
 
 
+@pytest.mark.slow  # every input, both SR forms, two encodings: in `make test`, not `make test-fast`
 def test_edge_cases_are_readable(realdata_dir: Path) -> None:
     """Unusual inputs: no detection, image quantities beside one region, odd values, a long code value, long and
     non-ASCII text (with and without a Specific Character Set), parameters, a model that is not AI, two regions

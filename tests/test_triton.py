@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dicom_node.config_schema import ModelSpec, TritonSpec
 
 from dicom_node.config import ConfigError, load_config
 from dicom_node.netutil import free_port
@@ -26,6 +25,7 @@ from inference.backends import BackendError, BackendTransientError
 from inference.engine import Detector
 from inference.modelcard import load_card
 from inference.triton import TritonBackend, TritonUnavailable, server_statistics
+from nodecore.config_schema import ModelSpec, TritonSpec
 from tests.node_process import wait_until
 from tests.triton_server import TritonServer, metric_sum
 

@@ -63,7 +63,7 @@ default:
 
 
 def clones(sources: list[Path], out: Path, tag: str, n: int) -> list[Path]:
-    from dicom_node.uids import derived_uid
+    from nodecore.uids import derived_uid
 
     out.mkdir(parents=True, exist_ok=True)
     paths = []
