@@ -135,7 +135,8 @@ def clones(sources: list[Path], out: Path, tag: str, n: int) -> list[Path]:
     paths = []
     for i in range(n):
         ds = pydicom.dcmread(sources[i % len(sources)])
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = derived_uid("bench-triton", tag, str(i))
+        uid = pydicom.uid.UID(derived_uid("bench-triton", tag, str(i)))
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = uid
         path = out / f"{tag}{i:04d}.dcm"
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
