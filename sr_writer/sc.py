@@ -136,7 +136,7 @@ def write_sc(
         contributing_equipment=[contributing_equipment(ctx)],
     )
     if orientation is None:
-        sc.PatientOrientation = []  # unknown: Type 2C, left empty rather than made up
+        sc.PatientOrientation = ""  # type: ignore[assignment]  # unknown: Type 2C, left empty rather than made up
     sc.Laterality = header.dataset.get("Laterality", "")  # Type 2C: the source's value, or empty (unknown)
     sc.BurnedInAnnotation = "YES"
     sc.RecognizableVisualFeatures = "NO"
