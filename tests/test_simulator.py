@@ -75,6 +75,7 @@ def test_profiles_write_their_geometry_tags() -> None:
     assert "DataCollectionCenterPatient" not in ge
 
 
+@pytest.mark.slow  # renders several full localizers (1-4 s): in `make test`, not `make test-fast`
 def test_determinism() -> None:
     a = simulate_case(42, size=64, randomize={"strength": 1.0})
     b = simulate_case(42, size=64, randomize={"strength": 1.0})
@@ -220,6 +221,7 @@ def test_header_geometry_maps_truth_into_the_box(profile: str, kind: str) -> Non
     assert y_px == pytest.approx(b.center[1], abs=1.0 / 32)  # rows are exact in z (edges refined to 1/32 px)
 
 
+@pytest.mark.slow  # renders several full localizers (1-4 s): in `make test`, not `make test-fast`
 def test_isocenter_offsets_follow_the_requested_shift() -> None:
     front, lat = simulate_pair(14, shift_mm=(30.0, -20.0), profile="ge", size=96,
                                randomize={"roll_deg": 0.0, "yaw_deg": 0.0})
@@ -265,6 +267,7 @@ def test_dx_geometry_and_truth() -> None:
     assert g["magnification_true_object_plane"] == pytest.approx(g["sid_mm"] / g["sod_true_mm"])
 
 
+@pytest.mark.slow  # renders 10 localizers (4 s): in `make test`, not `make test-fast`
 @settings(max_examples=10, deadline=None)
 @given(seed=st.integers(0, 10_000), kind=st.sampled_from(["ct_frontal", "ct_lateral", "dx"]),
        strength=st.sampled_from([0.0, 1.0]))
@@ -287,6 +290,7 @@ def test_truth_invariants(seed: int, kind: str, strength: float) -> None:
     assert zc == sorted(zc, reverse=True)
 
 
+@pytest.mark.slow  # renders several full localizers (1-4 s): in `make test`, not `make test-fast`
 def test_cli_writes_n_pairs(tmp_path: Path) -> None:
     out = tmp_path / "sim"
     rc = cli_main(["simulate", "--count", "3", "--out", str(out), "--seed", "7",
