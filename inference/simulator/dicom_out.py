@@ -1,7 +1,7 @@
 """DICOM objects for simulated images: CT Image Storage localizers and DX (for presentation).
 
 Headers follow what real scanners write (modelled on the Philips localizers and Canon/Fuji radiographs in
-/work/shared/realdata): ImageType ORIGINAL\\PRIMARY\\LOCALIZER, 12-bit unsigned MONOCHROME2 with a rescale,
+../shared/realdata): ImageType ORIGINAL\\PRIMARY\\LOCALIZER, 12-bit unsigned MONOCHROME2 with a rescale,
 Image Position/Orientation in the localizer plane through the isocenter, Pixel Spacing at the isocenter plane;
 which of Table Height, Distance Source to Detector/Patient and Data Collection Center (Patient) are present
 depends on the vendor profile. All identifiers are synthetic (``SIM^...``) and UIDs derive from the seed.

@@ -9,7 +9,7 @@ Tissues at about 70 keV (linear attenuation, 1/mm; NIST XCOM mass attenuation x 
 0.0193, soft tissue 0.0204, adipose 0.0180, inflated lung 0.0052, cancellous bone ~0.028, cortical bone 0.039,
 air 0. A component carries its EXCESS over the tissue it is embedded in, so nested parts add up.
 
-Region definitions (they match `/work/shared/realdata/labels.json` conventions):
+Region definitions (they match `../shared/realdata/labels.json` conventions):
 
 * HEAD: head and face soft tissue from the vertex to the chin (bottom of the jaw).
 * SPINE: vertebral bodies and posterior elements (no transverse processes), C1 top to the coccyx tip.

@@ -1,7 +1,7 @@
 """Vendor-like profiles: scanner geometry and which geometry attributes the DICOM header carries.
 
 Modelled on what real scanners write (see docs/SIMULATOR.md): the two Philips localizers in
-/work/shared/realdata carry Table Height but no source distances, and place the frontal image plane at
+../shared/realdata carry Table Height but no source distances, and place the frontal image plane at
 y = 255 - TableHeight (a table-based patient frame); other vendors write Distance Source to Detector / Patient.
 Profiles are *like* a vendor, never a claim of what a given product writes.
 

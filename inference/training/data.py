@@ -13,7 +13,7 @@ Formats:
   ``classes.txt`` or ``obj.names``;
 * COCO JSON: ``images``/``annotations``/``categories``; ``bbox`` is ``[x, y, width, height]`` in pixels;
   ``iscrowd: 1`` or ``ignore: 1`` annotations are ignore regions;
-* ``labels.json`` (as in ``/work/shared/realdata``): inclusive pixel-centre boxes; confidence ``low`` boxes are
+* ``labels.json`` (as in ``../shared/realdata``): inclusive pixel-centre boxes; confidence ``low`` boxes are
   ignore regions.
 """
 
@@ -206,7 +206,7 @@ def load_coco(json_path: Path, image_root: Path | None = None) -> tuple[list[Sam
 
 
 def load_labels_json(path: Path) -> tuple[list[Sample], DatasetInfo]:
-    """A ``labels.json`` like ``/work/shared/realdata/labels.json`` (images in the same folder)."""
+    """A ``labels.json`` like ``../shared/realdata/labels.json`` (images in the same folder)."""
     path = Path(path)
     try:
         doc = json.loads(path.read_text())

@@ -1,7 +1,7 @@
 """`dicom-node evaluate`: score a detector (through the inference engine) on a labelled dataset.
 
 ``--dataset`` is a folder of simulated ``.dcm`` + sidecar ``.json``, a YOLO txt folder, a COCO JSON file (or a folder
-holding one) or a ``labels.json`` like ``/work/shared/realdata/labels.json`` (see ``inference.training.data``).
+holding one) or a ``labels.json`` like ``../shared/realdata/labels.json`` (see ``inference.training.data``).
 Prints a markdown table: AP50, AP75 and COCO AP@[.5:.95] per class (101-point interpolation, every detection the
 model gives above ``--min-score``), mean IoU and the RSNA metric at the operating ``--score-threshold`` (default:
 the card's). Boxes are compared in ORIGINAL pixels of each image.
