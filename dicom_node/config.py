@@ -268,6 +268,7 @@ _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _BACKENDS = ("auto", "tensorrt", "onnxruntime", "onnxruntime-cpu", "onnxruntime-cuda", "torch", "torch-cpu", "torch-cuda")
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BAD = object()  # marker: the value was invalid (already reported)
+MAX_ASSOCIATIONS = 16  # cap of destinations.NAME.max_associations (a slow PACS must not be flooded)
 
 
 def _type_name(value: Any) -> str:
@@ -489,7 +490,7 @@ _NODE_KEYS = [f.name for f in fields(NodeSettings)]
 _TIMEOUT_KEYS = [f.name for f in fields(Timeouts)]
 _RETRY_KEYS = [f.name for f in fields(RetryPolicy)]
 _RETENTION_KEYS = [f.name for f in fields(RetentionPolicy)]
-_DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu"]
+_DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu", "max_associations"]
 _MODEL_KEYS = ["card", "backend", "max_batch", "max_wait_ms", "options"]
 _ROUTE_KEYS = ["name", "match", "pipeline", "outputs", "destinations", "forward_original"]
 _PIPELINE_KEYS = ["name", "detectors", "options"]
@@ -682,9 +683,10 @@ def _build_destinations(v: _Validator, top: LocatedMap, node: NodeSettings) -> d
         calling = v.value(body, "calling_ae", path, node.ae_title, check_ae_title)
         max_pdu = v.value(body, "max_pdu", path, 0, _to_max_pdu)
         retry = _build_retry(v, body, path)
-        if _BAD in (ae, host, port, calling, max_pdu) or retry is None:
+        assocs = v.value(body, "max_associations", path, Destination.max_associations, _to_int(1, MAX_ASSOCIATIONS))
+        if _BAD in (ae, host, port, calling, max_pdu, assocs) or retry is None:
             continue
-        out[name] = Destination(name, ae, host, port, calling, retry, max_pdu, v.loc(body.line))
+        out[name] = Destination(name, ae, host, port, calling, retry, max_pdu, v.loc(body.line), assocs)
     return out
 
 

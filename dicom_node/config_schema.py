@@ -105,6 +105,8 @@ class Destination:
     retry: RetryPolicy = RetryPolicy()
     max_pdu: int = 0
     source: SourceLocation | None = None
+    # parallel outbound associations at most (a backlog opens more, up to this cap; SR-first order is kept)
+    max_associations: int = 4
 
 
 @dataclass(frozen=True)

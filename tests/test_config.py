@@ -415,6 +415,16 @@ def test_sop_classes_and_transfer_syntaxes_errors() -> None:
     ]
 
 
+def test_max_associations_default_and_cap() -> None:
+    base = "destinations:\n  pacs:\n    ae_title: P\n    host: h\n    port: 104\n"
+    assert parse_config_text(base, "t.yaml").destinations["pacs"].max_associations == 4
+    assert parse_config_text(base + "    max_associations: 2\n", "t.yaml").destinations["pacs"].max_associations == 2
+    assert errors_of(base + "    max_associations: 17\n") == [
+        "t.yaml:6: destinations.pacs.max_associations: 17 is out of range (1-16)"]
+    assert errors_of(base + "    max_associations: 0\n") == [
+        "t.yaml:6: destinations.pacs.max_associations: 0 is out of range (1-16)"]
+
+
 def test_route_errors() -> None:
     text = """\
     destinations:
