@@ -163,6 +163,8 @@ class Route:
     destinations: tuple[str, ...]
     forward_original: bool = False
     source: SourceLocation | None = None
+    sc_compression: str = "jpeg"  # jpeg | jpeg-ls | jpeg2000 | none (sr_writer.sc.SC_COMPRESSIONS)
+    sc_max_size: int = 0  # longest side of the secondary capture (px); 0: the compression's default
 
 
 @dataclass(frozen=True)

@@ -425,6 +425,18 @@ def test_max_associations_default_and_cap() -> None:
         "t.yaml:6: destinations.pacs.max_associations: 0 is out of range (1-16)"]
 
 
+def test_route_sc_compression() -> None:
+    base = "routes:\n  - name: r\n    match: {all: []}\n    pipeline: {name: decode}\n"
+    route = parse_config_text(base, "t.yaml").routes[0]
+    assert (route.sc_compression, route.sc_max_size) == ("jpeg", 0)
+    route = parse_config_text(base + "    sc_compression: jpeg-ls\n    sc_max_size: 2048\n", "t.yaml").routes[0]
+    assert (route.sc_compression, route.sc_max_size) == ("jpeg-ls", 2048)
+    errors = errors_of(base + "    sc_compression: png\n    sc_max_size: 100\n")
+    assert errors[0].startswith("t.yaml:5: routes[0].sc_compression: 'png' is not one of jpeg, jpeg-ls, jpeg2000, none")
+    assert errors[1] == ("t.yaml:6: routes[0].sc_max_size: 100 is too small (0 = the compression's default, or at "
+                         "least 256 pixels)")
+
+
 def test_route_errors() -> None:
     text = """\
     destinations:
