@@ -397,7 +397,7 @@ def echo(dest: Destination, timeouts: Timeouts = DEFAULT_TIMEOUTS) -> tuple[bool
 class OutboundQueue(Protocol):
     """The part of ``dicom_node.jobqueue.JobQueue`` a sender uses."""
 
-    def claim_outbound(self, destination: str, now: float) -> Any: ...
+    def claim_outbound(self, destination: str, now: float, sr_only: bool = False) -> Any: ...
     def mark_sent(self, id: int) -> None: ...
     def mark_retry(self, id: int, error: str, next_attempt_at: float) -> None: ...
     def mark_dead(self, id: int, error: str) -> None: ...
@@ -416,6 +416,10 @@ class DestinationSender(threading.Thread):
     outcome (sent, retry or dead letter): parallel lanes never deliver a companion object of a later job before an
     SR that was already due. SRs never wait, so lanes cannot wait on each other in a cycle. Each outcome is recorded
     as it arrives, so a crash re-sends at most the files in flight, one per lane (same SOP Instance UIDs).
+
+    One lane stays free for SRs: with a cap above 1, at most cap - 1 lanes hold batches with companion objects at a
+    time; a lane that claims beyond that takes SRs only. When new items are queued while every running lane is
+    busy, ``wake()`` opens another lane (up to the cap), so a new SR does not wait behind large secondary captures.
 
     ``config_getter`` returns the current NodeConfig (a reload changes host/port/AE/retry policy for the next
     batch). ``wake()`` shortens the idle wait when new items were queued. ``stop(flush=True)`` sends what is due
@@ -448,6 +452,8 @@ class DestinationSender(threading.Thread):
         self._claim_seq = 0
         self._srs_in_flight: set[int] = set()  # claim numbers of SRs claimed and not yet recorded
         self._lanes: list[threading.Thread] = []  # extra lanes (this thread is lane 0)
+        self._busy = 0  # lanes inside run_once
+        self._companion_batches = 0  # batches in flight that hold objects other than SRs
         self.max_lanes_seen = 1
         self.sent = 0
         self.retried = 0
@@ -455,6 +461,16 @@ class DestinationSender(threading.Thread):
 
     def wake(self) -> None:
         self._wake.set()
+        if self._stopping.is_set() or self._paused_until > time.monotonic():
+            return
+        dest = self._config_getter().destinations.get(self.destination)
+        if dest is None or dest.max_associations < 2:
+            return
+        with self._lock:
+            running = 1 + sum(1 for t in self._lanes if t.is_alive())
+            all_busy = self._busy >= running
+        if all_busy:  # nobody waits for the wake-up: another lane takes the new SRs
+            self._maybe_add_lane(dest)
 
     def stop(self, flush_timeout_s: float = 10.0) -> None:
         """Ask the thread to send what is due now (bounded by ``flush_timeout_s``) and then exit."""
@@ -546,12 +562,14 @@ class DestinationSender(threading.Thread):
                  dest.max_associations)
         t.start()
 
-    def _claim(self, queue: OutboundQueue, now: float) -> list[tuple[int, Any]]:
-        """Up to ``batch_size`` due rows with their claim numbers; SRs among them are registered as in flight."""
+    def _claim(self, queue: OutboundQueue, now: float, cap: int) -> tuple[list[tuple[int, Any]], bool]:
+        """Up to ``batch_size`` due rows with their claim numbers (SRs among them registered as in flight), and
+        whether the batch counts as a companion batch (holds objects other than SRs)."""
         out: list[tuple[int, Any]] = []
         with self._claim_lock:
+            sr_only = cap > 1 and self._companion_batches >= cap - 1  # keep one lane for SRs
             while len(out) < self.batch_size:
-                row = queue.claim_outbound(self.destination, now)
+                row = queue.claim_outbound(self.destination, now, sr_only=sr_only)
                 if row is None:
                     break
                 with self._lock:
@@ -560,7 +578,11 @@ class DestinationSender(threading.Thread):
                     if row.kind == "sr":
                         self._srs_in_flight.add(seq)
                 out.append((seq, row))
-        return out
+            companions = any(row.kind != "sr" for _, row in out)
+            if companions:
+                with self._lock:
+                    self._companion_batches += 1
+        return out, companions
 
     def _sr_recorded(self, seq: int) -> None:
         with self._sr_done:
@@ -579,9 +601,26 @@ class DestinationSender(threading.Thread):
 
         Small batches (default 4, one scout's results) let a newer job's SR overtake older companions at the next
         claim (the queue hands out SRs first): bursts of 10 scouts, SR p95 2.1 s with batches of 32 -> 1.1 s."""
-        claimed = self._claim(queue, self._clock())
+        with self._lock:
+            self._busy += 1
+        try:
+            return self._send_batch(queue, dest)
+        finally:
+            with self._lock:
+                self._busy -= 1
+
+    def _send_batch(self, queue: OutboundQueue, dest: Destination) -> int:
+        claimed, companions = self._claim(queue, self._clock(), dest.max_associations)
         if not claimed:
             return 0
+        try:
+            return self._send_claimed(queue, dest, claimed)
+        finally:
+            if companions:
+                with self._lock:
+                    self._companion_batches -= 1
+
+    def _send_claimed(self, queue: OutboundQueue, dest: Destination, claimed: list[tuple[int, Any]]) -> int:
         # The TID 1500 SR is the primary result: within a batch it goes first, so after a burst each SR does not
         # wait behind the secondary captures and presentation states of earlier jobs (stable: otherwise FIFO).
         claimed.sort(key=lambda sr: sr[1].kind != "sr")

@@ -308,3 +308,68 @@ def test_parallel_lanes_keep_srs_ahead_of_companions(tmp_path: Path) -> None:
     last_sr_end = max(end for u, _, end in arrivals if kind_of[u] == "sr")
     first_companion = min(start for u, start, _ in arrivals if kind_of[u] != "sr")
     assert first_companion >= last_sr_end, "a companion object went out before an SR that was due before it"
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_lane_stays_free_for_a_new_sr_while_companions_are_slow(tmp_path: Path) -> None:
+    """A PACS that takes 0.5 s per companion object, 24 companions due, cap 3: at most two lanes carry companions,
+    so an SR queued later (with a wake-up, as the workers give) is stored well before any companion batch ends."""
+    import threading
+
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.outbound import DestinationSender
+    from tests.node_process import make_small_images
+    from tests.test_admin import config_for
+
+    files = make_small_images(tmp_path / "in", 25)
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    _queue_results(queue, [[(f, "sc")] for f in files[:24]], "pacs")
+    sr_uid = str(read_file_meta_info(files[24]).MediaStorageSOPInstanceUID)
+    lock = threading.Lock()
+    arrived: dict[str, float] = {}
+    busy = {"now": 0, "max": 0}
+
+    def on_store(event: evt.Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid != sr_uid:
+            with lock:
+                busy["now"] += 1
+                busy["max"] = max(busy["max"], busy["now"])
+            time.sleep(0.5)
+            with lock:
+                busy["now"] -= 1
+        with lock:
+            arrived[uid] = time.monotonic()
+        return 0x0000
+
+    scp_ae = AE(ae_title="PACS")
+    scp_ae.maximum_associations = 16
+    scp_ae.add_supported_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    dest = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port, calling_ae="NODE",
+                       max_associations=3)
+    config = config_for(dest)
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, poll_s=0.05)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sender.lanes < 2 and time.monotonic() < deadline:  # the backlog opened a second lane
+            time.sleep(0.02)
+        time.sleep(0.3)
+        _queue_results(queue, [[(files[24], "sr")]], "pacs")
+        queued_at = time.monotonic()
+        sender.wake()
+        while sr_uid not in arrived and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sr_latency = arrived.get(sr_uid, float("inf")) - queued_at
+        while queue.outbound_summary()["pacs"].get("sent", 0) < 25 and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+    finally:
+        sender.stop(2)
+        sender.join(10)
+        server.shutdown()
+    assert busy["max"] <= 2, busy  # one lane of three kept for SRs
+    assert sr_latency < 1.0, f"the new SR waited {sr_latency:.2f} s behind companion batches (2 s each)"
+    assert queue.outbound_summary()["pacs"] == {"pending": 0, "sending": 0, "sent": 25, "dead": 0}
