@@ -210,6 +210,44 @@ def pad_odd_fragments(ds: Dataset) -> int:
     return padded
 
 
+def _decompress_jpeg_baseline(ds: Dataset) -> bool:
+    """JPEG Baseline 8-bit (our secondary captures) decoded by Pillow straight to RGB / grey, in place; False when
+    ``ds`` is something else (the caller uses pydicom's decompress). About 6x faster than pydicom's path for a
+    2048 x 2048 colour capture (its YBR -> RGB conversion runs in numpy; libjpeg's is native)."""
+    import io
+
+    from PIL import Image
+    from pydicom.encaps import generate_frames
+    from pydicom.uid import JPEGBaseline8Bit
+
+    if ds.file_meta.get("TransferSyntaxUID") != JPEGBaseline8Bit or int(ds.get("BitsAllocated", 0)) != 8:
+        return False
+    samples, photometric = int(ds.get("SamplesPerPixel", 1)), str(ds.get("PhotometricInterpretation", ""))
+    mode = {(3, "YBR_FULL_422"): "RGB", (3, "YBR_FULL"): "RGB", (1, "MONOCHROME2"): "L", (1, "MONOCHROME1"): "L"}.get(
+        (samples, photometric))
+    if mode is None:
+        return False
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    out = bytearray()
+    try:
+        for frame in generate_frames(ds.PixelData, number_of_frames=frames):
+            with Image.open(io.BytesIO(frame)) as im:
+                if im.size != (cols, rows) or im.mode not in ("RGB", "L"):
+                    return False
+                out += im.convert(mode).tobytes()
+    except Exception:  # noqa: BLE001 - anything odd: pydicom's decoders decide
+        return False
+    ds.PixelData = bytes(out)
+    ds["PixelData"].VR = "OB"
+    ds["PixelData"].is_undefined_length = False
+    if samples == 3:
+        ds.PhotometricInterpretation = "RGB"
+        ds.PlanarConfiguration = 0
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    return True
+
+
 def _read_info(path: Path) -> _FileInfo:
     meta = read_file_meta_info(path)
     missing = [k for k in ("MediaStorageSOPClassUID", "MediaStorageSOPInstanceUID", "TransferSyntaxUID") if k not in meta]
@@ -340,7 +378,8 @@ def _store_one(assoc: Any, accepted: list[Any], info: _FileInfo, msg_id: int) ->
             log.info("padded %d odd-length pixel data fragment(s) of %s before sending", n, info.sop_instance_uid)
     elif own.is_compressed:
         try:
-            ds.decompress(generate_instance_uid=False)  # same image, same SOP Instance UID
+            if not _decompress_jpeg_baseline(ds):
+                ds.decompress(generate_instance_uid=False)  # same image, same SOP Instance UID
         except Exception as exc:
             return StoreResult(
                 info.path, info.sop_instance_uid, Outcome.PERMANENT,

@@ -204,3 +204,21 @@ def test_compressed_sc_stored_and_decoded_by_orthanc_and_decompressed_for_stores
         got = received[str(orig.SOPInstanceUID)]
         assert got.PhotometricInterpretation == "RGB" and not got.file_meta.TransferSyntaxUID.is_compressed
         assert np.abs(got.pixel_array.astype(int) - orig.pixel_array.astype(int)).max() <= 1
+
+
+def test_sender_decodes_a_jpeg_capture_like_pydicom(realdata_dir: Path) -> None:
+    """The sender's Pillow fast path (PACS refuses JPEG) gives exactly pydicom's RGB pixels, as Explicit VR LE."""
+    from dicom_node.outbound import _decompress_jpeg_baseline
+
+    sc = _sc(realdata_dir, "jpeg")
+    buf = io.BytesIO()
+    sc.save_as(buf, enforce_file_format=True)
+    expected = pydicom.dcmread(io.BytesIO(buf.getvalue())).pixel_array
+    ds = pydicom.dcmread(io.BytesIO(buf.getvalue()))
+    assert _decompress_jpeg_baseline(ds)
+    out = io.BytesIO()
+    ds.save_as(out, enforce_file_format=True)
+    back = pydicom.dcmread(io.BytesIO(out.getvalue()))
+    assert back.file_meta.TransferSyntaxUID == "1.2.840.10008.1.2.1" and back.PhotometricInterpretation == "RGB"
+    assert np.array_equal(back.pixel_array, expected)
+    assert not _decompress_jpeg_baseline(_sc(realdata_dir, "jpeg-ls"))  # other syntaxes: pydicom's decoders
