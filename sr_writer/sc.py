@@ -2,12 +2,13 @@
 GSPS. Same patient and study as the source, new series; Burned In Annotation YES; references the source image.
 
 Size (``ResultContext.sc_compression`` / ``sc_max_size``, per route in the YAML), from measurements on the real
-2128 x 2000 Canon DX chest (bench/sc_size.py, docs/BENCHMARKS.md): uncompressed RGB was 12.8 MB, more than the
-radiograph. The default, ``jpeg``, is JPEG Baseline (1.2.840.10008.1.2.4.50, the one compressed syntax every PACS
-and viewer accepts) at quality 90 with 4:2:2 chroma (YBR_FULL_422), encoded by Pillow (libjpeg-turbo, BSD-style):
-about 0.7 MB at full size. ``jpeg-ls`` (CharLS via pyjpegls) and ``jpeg2000`` (OpenJPEG via pylibjpeg-openjpeg) are
-lossless for sites that ask for it: 5.6 / 5.7 MB at full size, so lossless captures are drawn at most 1024 pixels
-on the longest side (1.3 MB) unless ``sc_max_size`` says otherwise; JPEG-LS encodes 3.5 x faster than JPEG 2000.
+2128 x 2000 Canon DX chest (table in docs/RESULTS.md; tests/test_sc.py): uncompressed RGB was 12.8 MB, more than
+the radiograph. The default, ``jpeg``, is JPEG Baseline (1.2.840.10008.1.2.4.50, the one compressed syntax every
+PACS and viewer accepts) at quality 90 with 4:2:2 chroma (YBR_FULL_422), encoded by Pillow (libjpeg-turbo,
+BSD-style): 0.59 MB at 2048 x 1925. ``jpeg-ls`` (CharLS via pyjpegls) and ``jpeg2000`` (OpenJPEG via
+pylibjpeg-openjpeg) are lossless for sites that ask for it: 5.6 / 5.7 MB at full size, so lossless captures are
+drawn at most 1024 pixels on the longest side (1.2 MB) unless ``sc_max_size`` says otherwise; JPEG-LS encodes
+3.5 x faster than JPEG 2000, and Orthanc's core decodes JPEG-LS but not JPEG 2000.
 JPEG captures are drawn at most 2048 pixels on the longest side. The capture is rendered at its final size (text and
 lines stay crisp) and carries no Pixel Spacing, so a smaller capture does not mislead a measuring viewer. A PACS that
 refuses the compressed syntax gets it decompressed by the sender (dicom_node.outbound), same SOP Instance UID.
