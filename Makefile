@@ -15,7 +15,7 @@ OHIF_VERSION := 3.13.2
 OHIF_INTEGRITY := sha512-WZdxmpmG7rqFgW9ZJLcbgr3XCtLi1KDNPoMaeY5PPe6j4G4fjEjjkycZM6C6Zk2F87BKxFfpq+jd5xXZB9E8EA==
 PYTEST_ARGS ?=
 
-.PHONY: venv deps viewer-deps triton-server test test-fast lint demo bench bench-gpu train clean
+.PHONY: venv deps viewer-deps triton-server test test-fast lint demo bench bench-rush bench-gpu train clean
 
 venv: $(VENV)/.stamp
 
@@ -84,6 +84,10 @@ demo: venv
 
 bench: deps venv triton-server
 	$(PY) -m bench.run_all
+
+# The morning rush (issue 12): 4 x 50 scouts in parallel, bursts of 10, 50 DX radiographs; Orthanc and storescp.
+bench-rush: deps venv
+	$(PY) -m bench.e2e --count 50 --burst 10 --parallel 4 --dx-count 50
 
 # All GPU checks and timings in one call, for a machine with an NVIDIA GPU and TensorRT.
 bench-gpu: venv

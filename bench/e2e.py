@@ -8,8 +8,11 @@ CPU) sends its results to **Orthanc** (pass 1) and then to a dcmtk **storescp** 
   localizers, 512 columns) is sent by its own ``storescu`` process; the next one leaves only when all four results
   (SR, SC, GSPS, plain SR) of the previous one have arrived;
 * **bursts**: the same scouts under new SOP Instance UIDs, ``--burst`` files per ``storescu`` association;
-* **radiographs** (``--dx-count``, pass 1 only): 8 MiB DX images (2048 x 2048 uint16, simulated) in one association;
-  sustained images/s = images / (last SR arrival - storescu launch).
+* **parallel** (``--parallel 4``, the morning rush): the same scouts under new UIDs, ``--parallel`` modalities
+  (``storescu`` processes started together) each sending ``--count`` scouts in one association; t0 = just before
+  the first ``storescu`` starts; reported: the last SR and the last result after t0 (goals 15 s / 25 s for 4 x 50);
+* **radiographs** (``--dx-count``, every pass): 8 MiB DX images (2048 x 2048 uint16, simulated) in one association;
+  sustained images/s = images / (last SR arrival - storescu launch), and the bytes of all results of one radiograph.
 
 Clock: ``time.time()`` (CLOCK_REALTIME) everywhere. **t0** = just before ``storescu`` is launched for that file
 (one at a time) or for the burst (every file of a burst shares the burst's t0: a conservative figure); so latencies
@@ -19,7 +22,8 @@ stored and indexed it; storescp: ``--exec-on-reception`` runs ``date +%s.%N`` af
 Stage breakdown from the node's job queue (``JobRow.summary``: decode_ms, detect_ms, measure_ms, write_ms written
 by the reference pipeline; ``received_at``/``finished_at``) per job. Writes ``bench/results/e2e.json``.
 
-    python -m bench.e2e [--count 50] [--burst 10] [--dx-count 20] [--card builtin:reference]
+    python -m bench.e2e [--count 50] [--burst 10] [--parallel 4] [--dx-count 20] [--card builtin:reference]
+    make bench-rush   # the morning rush: 4 x 50 parallel scouts, bursts of 10, 50 DX, Orthanc and storescp
 """
 
 from __future__ import annotations
@@ -252,15 +256,26 @@ class StorescpReceiver(Receiver):
 # ---- the node ----------------------------------------------------------------------------------------------------
 
 
-def node_config(work: Path, port: int, receiver: Receiver, card: str, workers: int | None) -> Path:
+def node_config(work: Path, port: int, receiver: Receiver, card: str, workers: int | None,
+                overrides: argparse.Namespace | None = None) -> Path:
     """``config/example.yaml`` with loopback ports, a temp storage, the ``pacs`` destination -> ``receiver`` and the
-    ``reference`` model on ONNX Runtime CPU (``card`` may name another card for a dry run of the harness)."""
+    ``reference`` model on ONNX Runtime CPU (``card`` may name another card for a dry run of the harness).
+    ``overrides``: ``max_associations``, ``sc_compression``, ``sc_max_size`` when set (``--before`` sets the values
+    that reproduce the node before issue 12: one association, uncompressed full-size secondary capture)."""
     import yaml
 
     cfg = yaml.safe_load(EXAMPLE.read_text())
     cfg["node"].update({"bind": "127.0.0.1", "port": port, "storage": str(work / "storage")})
     if workers:
         cfg["node"]["workers"] = workers
+    o = overrides
+    if o is not None and o.max_associations:
+        cfg["destinations"]["pacs"]["max_associations"] = o.max_associations
+    for route in cfg["routes"]:
+        if o is not None and o.sc_compression and "sc" in route.get("outputs", []):
+            route["sc_compression"] = o.sc_compression
+        if o is not None and o.sc_max_size and "sc" in route.get("outputs", []):
+            route["sc_max_size"] = o.sc_max_size
     cfg["destinations"]["pacs"].update({"ae_title": receiver.ae_title, "host": "127.0.0.1", "port": receiver.port})
     cfg["models"]["reference"].update({"card": card, "backend": "onnxruntime"})
     path = work / "node.yaml"
@@ -390,15 +405,17 @@ class Measurer:
             k: result_uids(src, model_version, k)["SOPInstanceUID"] for k in KINDS
         }
 
-    def send(self, files: list[Path], mode: str) -> list[Sample]:
-        """Send ``files`` in one storescu association; wait for every result of every file."""
+    def send(self, files: list[Path], mode: str, senders: int = 1) -> list[Sample]:
+        """Send ``files`` in ``senders`` storescu associations started together (files dealt round-robin); wait for
+        every result of every file. t0: just before the first storescu starts."""
         expected = {f: self._uids(sop_uid(f)) for f in files}
         t0 = time.time()
-        proc = storescu(self.node_port, files)
-        output, _ = proc.communicate(timeout=self.timeout)
+        procs = [storescu(self.node_port, files[i::senders]) for i in range(senders)]
+        outputs = [proc.communicate(timeout=self.timeout)[0] for proc in procs]
         done = time.time()
-        if proc.returncode != 0:
-            raise RuntimeError(f"storescu failed (rc={proc.returncode}): {output[-1500:]}")
+        for proc, output in zip(procs, outputs, strict=True):
+            if proc.returncode != 0:
+                raise RuntimeError(f"storescu failed (rc={proc.returncode}): {output[-1500:]}")
         every = [u for uids in expected.values() for u in uids.values()]
         if not self.receiver.wait_for(every, self.timeout):
             missing = [u for u in every if u not in self.receiver.arrivals]
@@ -420,6 +437,7 @@ def latency_stats(samples: list[Sample]) -> dict[str, float]:
         "sr_p50_ms": round(percentile(sr, 50), 1), "sr_p95_ms": round(percentile(sr, 95), 1),
         "sr_max_ms": round(max(sr), 1),
         "all_p50_ms": round(percentile(every, 50), 1), "all_p95_ms": round(percentile(every, 95), 1),
+        "all_max_ms": round(max(every), 1),
     }
 
 
@@ -448,11 +466,11 @@ def stage_stats(jobs: list[Any], samples: list[Sample]) -> dict[str, dict[str, f
 
 
 def run_pass(receiver: Receiver, args: argparse.Namespace, work: Path, scouts: list[Path], bursts: list[Path],
-             warm: list[Path], dx: list[Path], model_version: str) -> dict[str, Any]:
+             warm: list[Path], dx: list[Path], model_version: str, rush: list[Path] | None = None) -> dict[str, Any]:
     print(f"-- pass: results to {receiver.name}", flush=True)
     receiver.start()
     node_port = free_port()
-    node = Node(work, node_config(work, node_port, receiver, args.card, args.workers), node_port)
+    node = Node(work, node_config(work, node_port, receiver, args.card, args.workers, args), node_port)
     try:
         ready_s = node.start()
         print(f"   node ready (workers built, model warm) in {ready_s:.1f} s", flush=True)
@@ -472,6 +490,15 @@ def run_pass(receiver: Receiver, args: argparse.Namespace, work: Path, scouts: l
         load.append(os.getloadavg()[0])
         print(f"   bursts of {args.burst}: {latency_stats(burst)}", flush=True)
         out: dict[str, Any] = {"node_ready_s": round(ready_s, 1)}
+        rush_samples: list[Sample] = []
+        if rush:
+            time.sleep(2.0)  # let the sender lanes of the bursts wind down
+            rush_samples = m.send(rush, f"{args.parallel} x {len(rush) // args.parallel} in parallel", args.parallel)
+            load.append(os.getloadavg()[0])
+            accepted = max(s.storescu_done for s in rush_samples) - rush_samples[0].t0
+            out["parallel"] = {**latency_stats(rush_samples), "senders": args.parallel,
+                               "all_accepted_s": round(accepted, 2)}
+            print(f"   parallel: {out['parallel']}", flush=True)
         dx_samples: list[Sample] = []
         if dx:
             dx_samples = m.send(dx, "radiographs")
@@ -480,6 +507,7 @@ def run_pass(receiver: Receiver, args: argparse.Namespace, work: Path, scouts: l
             load.append(os.getloadavg()[0])
             out["radiographs"] = {
                 "n": len(dx), "bytes_each": dx[0].stat().st_size, "seconds_to_last_sr": round(span, 2),
+                "result_bytes_of_one": result_bytes(receiver, m, dx[0]),
                 "images_per_s": round(len(dx) / span, 2), "images_per_s_all_results": round(len(dx) / span_all, 2),
                 "mb_per_s": round(sum(f.stat().st_size for f in dx) / 1e6 / span, 1),
             }
@@ -494,14 +522,33 @@ def run_pass(receiver: Receiver, args: argparse.Namespace, work: Path, scouts: l
             "wall_s": round(time.time() - t_cpu0, 1),
             "samples": [{"mode": s.mode, "sr_ms": round(s.sr_ms, 1), "all_ms": round(s.all_ms, 1),
                          "storescu_ms": round((s.storescu_done - s.t0) * 1e3, 1)}
-                        for s in single + burst + dx_samples],
+                        for s in single + burst + rush_samples + dx_samples],
         })
         if dx_samples:
             out["stages_radiographs"] = stage_stats(jobs, dx_samples)
+        if rush_samples:
+            out["stages_parallel"] = stage_stats(jobs, rush_samples)
         return out
     finally:
         node.stop()
         receiver.stop()
+
+
+def result_bytes(receiver: Receiver, m: Measurer, source: Path) -> dict[str, int]:
+    """Size of each result of ``source`` as the PACS stored it (Orthanc: the stored file; storescp: the file)."""
+    out: dict[str, int] = {}
+    for kind, uid in m._uids(sop_uid(source)).items():
+        if isinstance(receiver, OrthancReceiver):
+            conn = http.client.HTTPConnection("127.0.0.1", receiver.http_port, timeout=30)
+            conn.request("POST", "/tools/lookup", body=uid)
+            found = json.loads(conn.getresponse().read())
+            conn.request("GET", f"/instances/{found[0]['ID']}/file")
+            out[kind] = len(conn.getresponse().read())
+            conn.close()
+        elif isinstance(receiver, StorescpReceiver):
+            out[kind] = sum(f.stat().st_size for f in receiver.out.glob(f"*.{uid}"))
+    out["total"] = sum(out.values())
+    return out
 
 
 def machine() -> dict[str, str]:
@@ -525,6 +572,10 @@ def print_table(result: dict[str, Any]) -> None:
             s = p[key]
             print(f"| {name} | {mode} | {s['n']} | {s['sr_p50_ms']} | {s['sr_p95_ms']} | "
                   f"{s['all_p50_ms']} / {s['all_p95_ms']} |")
+        if "parallel" in p:
+            s = p["parallel"]
+            print(f"| {name} | {s['senders']} senders in parallel | {s['n']} | {s['sr_p50_ms']} | {s['sr_p95_ms']} "
+                  f"(last {s['sr_max_ms']}) | {s['all_p50_ms']} / {s['all_p95_ms']} (last {s['all_max_ms']}) |")
     for name, p in result["passes"].items():
         print(f"\nstages ({name}, one at a time), ms p50 / p95:")
         for k, v in p["stages_one_at_a_time"].items():
@@ -532,7 +583,8 @@ def print_table(result: dict[str, Any]) -> None:
         if "radiographs" in p:
             r = p["radiographs"]
             print(f"radiographs ({name}): {r['n']} x {r['bytes_each'] / 2**20:.1f} MiB: {r['images_per_s']} images/s "
-                  f"to the last SR ({r['images_per_s_all_results']} with all results)")
+                  f"to the last SR ({r['images_per_s_all_results']} with all results); results of one: "
+                  f"{r['result_bytes_of_one']}")
             for k, v in p["stages_radiographs"].items():
                 print(f"   {k:16s} {v['p50']:8.1f} / {v['p95']:8.1f}")
 
@@ -542,6 +594,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, default=50, help="scouts per mode and pass (default 50)")
     parser.add_argument("--burst", type=int, default=10, help="scouts per association in burst mode (default 10)")
     parser.add_argument("--size", type=int, default=512, help="scout columns (default 512)")
+    parser.add_argument("--parallel", type=int, default=0,
+                        help="modalities sending --count scouts each at the same time (0: no parallel scenario)")
     parser.add_argument("--dx-count", type=int, default=20, help="8 MiB radiographs for the throughput (0: none)")
     parser.add_argument("--dx-distinct", type=int, default=4,
                         help="distinct simulated radiographs (2048x2048 takes ~10-25 s each); the rest are copies "
@@ -550,9 +604,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--card", default="builtin:reference", help="model card of the `reference` model")
     parser.add_argument("--workers", type=int, default=None, help="override node.workers (example: 2)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds to wait for one send's results")
+    parser.add_argument("--max-associations", type=int, default=0, help="override destinations.pacs.max_associations")
+    parser.add_argument("--sc-compression", default="", help="override the routes' sc_compression")
+    parser.add_argument("--sc-max-size", type=int, default=0, help="override the routes' sc_max_size")
+    parser.add_argument("--before", action="store_true",
+                        help="the node as before issue 12 (1 association, uncompressed full-size SC), as a baseline "
+                             "in the same session; results in bench/results/e2e_before.json")
     parser.add_argument("--workdir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
+    if args.before:
+        args.max_associations, args.sc_compression, args.sc_max_size = 1, "none", 16384
 
     for tool in ("storescu", "storescp"):
         if shutil.which(tool) is None:
@@ -585,6 +647,7 @@ def main(argv: list[str] | None = None) -> int:
         warm, scouts = images[:2], images[2 : args.count + 2]
         dx_base = images[args.count + 2 :]
         bursts = clone_with_new_uids(scouts, tmp / "bursts", "burst")
+        rush = clone_with_new_uids(scouts, tmp / "rush", "rush", args.parallel) if args.parallel else []
         dx: list[Path] = []
         if dx_base:
             copies = -(-args.dx_count // len(dx_base))
@@ -592,18 +655,19 @@ def main(argv: list[str] | None = None) -> int:
         print(f"simulated {len(scouts)} scouts (+2 warm-up), {len(dx_base)} distinct radiographs "
               f"({len(dx)} sent) in {time.perf_counter() - t0:.0f} s", flush=True)
         passes: dict[str, Any] = {}
-        for i, name in enumerate(wanted):
+        for name in wanted:
             work = tmp / name
             work.mkdir()
-            passes[name] = run_pass(classes[name](work), args, work, scouts, bursts, warm, dx if i == 0 else [],
-                                    card.version)
+            passes[name] = run_pass(classes[name](work), args, work, scouts, bursts, warm, dx, card.version, rush)
         result = {
             "benchmark": "e2e", "when": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "model": card.name,
             "model_version": card.version, "card": args.card, "backend": "onnxruntime (CPU)",
             "scout_columns": args.size, "machine": machine(), "passes": passes,
+            "overrides": {"max_associations": args.max_associations, "sc_compression": args.sc_compression,
+                          "sc_max_size": args.sc_max_size},
         }
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / "e2e.json"
+        out = RESULTS / ("e2e_before.json" if args.before else "e2e.json")
         out.write_text(json.dumps(result, indent=2))
         print_table(result)
         print(f"results: {out}")

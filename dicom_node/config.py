@@ -93,6 +93,7 @@ _DURATION_RE = re.compile(r"^\s*([0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(ms|s|m|min|h)?
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 _BAD = object()  # marker: the value was invalid (already reported)
+MAX_ASSOCIATIONS = 16  # cap of destinations.NAME.max_associations (a slow PACS must not be flooded)
 
 
 class _Validator:
@@ -397,9 +398,11 @@ _NODE_KEYS = [f.name for f in fields(NodeSettings)]
 _TIMEOUT_KEYS = [f.name for f in fields(Timeouts)]
 _RETRY_KEYS = [f.name for f in fields(RetryPolicy)]
 _RETENTION_KEYS = [f.name for f in fields(RetentionPolicy)]
-_DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu"]
+_DEST_KEYS = ["ae_title", "host", "port", "calling_ae", "retry", "max_pdu", "max_associations"]
 _MODEL_KEYS = ["card", "backend", "max_batch", "max_wait_ms", "options", "triton"]
-_ROUTE_KEYS = ["name", "match", "pipeline", "outputs", "destinations", "forward_original"]
+_ROUTE_KEYS = ["name", "match", "pipeline", "outputs", "destinations", "forward_original", "sc_compression",
+               "sc_max_size"]
+_SC_COMPRESSIONS = ("jpeg", "jpeg-ls", "jpeg2000", "none")  # sr_writer.sc.SC_COMPRESSIONS
 _PIPELINE_KEYS = ["name", "detectors", "options"]
 _DETECTOR_KEYS = [f.name for f in fields(DetectorSpec)]
 _TOP_KEYS = ["node", "destinations", "models", "routes", "default", "measurement"]
@@ -590,9 +593,10 @@ def _build_destinations(v: _Validator, top: LocatedMap, node: NodeSettings) -> d
         calling = v.value(body, "calling_ae", path, node.ae_title, check_ae_title)
         max_pdu = v.value(body, "max_pdu", path, 0, _to_max_pdu)
         retry = _build_retry(v, body, path)
-        if _BAD in (ae, host, port, calling, max_pdu) or retry is None:
+        assocs = v.value(body, "max_associations", path, Destination.max_associations, _to_int(1, MAX_ASSOCIATIONS))
+        if _BAD in (ae, host, port, calling, max_pdu, assocs) or retry is None:
             continue
-        out[name] = Destination(name, ae, host, port, calling, retry, max_pdu, v.loc(body.line))
+        out[name] = Destination(name, ae, host, port, calling, retry, max_pdu, v.loc(body.line), assocs)
     return out
 
 
@@ -886,14 +890,23 @@ def _build_routes(
                 else body.key_line("forward_original")
             )
             v.err(where, f"{path}.destinations", "forward_original needs at least one destination")
-        if _BAD in (name, matcher, pipeline, outputs, forward) or dest_bad:
+        sc_comp = v.value(body, "sc_compression", path, "jpeg", _to_choice(_SC_COMPRESSIONS))
+        sc_size = v.value(body, "sc_max_size", path, 0, _to_sc_size)
+        if _BAD in (name, matcher, pipeline, outputs, forward, sc_comp, sc_size) or dest_bad:
             continue
         if pipeline is not None and any(
             d.model not in models or (d.gate and d.gate not in models) for d in pipeline.detectors
         ):
             continue  # a referenced model had its own errors (already reported)
-        routes.append(Route(name, matcher, pipeline, outputs, dests, forward, v.loc(body.line)))
+        routes.append(Route(name, matcher, pipeline, outputs, dests, forward, v.loc(body.line), sc_comp, sc_size))
     return tuple(routes)
+
+
+def _to_sc_size(value: Any) -> int:
+    number = _to_int(0, 16384)(value)
+    if 0 < number < 256:
+        raise ValueError(f"{number} is too small (0 = the compression's default, or at least 256 pixels)")
+    return number
 
 
 def _build_outputs(v: _Validator, body: LocatedMap, path: str, pipeline: Any) -> Any:

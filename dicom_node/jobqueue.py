@@ -487,16 +487,16 @@ class JobQueue:
 
     # -- outbound ------------------------------------------------------------------------------------------------
 
-    def claim_outbound(self, destination: str, now: float) -> OutboundRow | None:
+    def claim_outbound(self, destination: str, now: float, sr_only: bool = False) -> OutboundRow | None:
         """The next due item for ``destination`` (pending -> sending): structured reports first (the primary result,
-        what the technologist waits for), then oldest due first."""
+        what the technologist waits for), then oldest due first. ``sr_only``: structured reports only."""
         rows = (
             self._conn()
             .execute(
                 "UPDATE outbound SET status='sending', updated_at=? WHERE id = (SELECT id FROM outbound"
-                " WHERE destination=? AND status='pending' AND next_attempt_at<=? ORDER BY kind <> 'sr', next_attempt_at, id"
-                " LIMIT 1)"
-                " RETURNING *",
+                " WHERE destination=? AND status='pending' AND next_attempt_at<=?"
+                + (" AND kind='sr'" if sr_only else "")
+                + " ORDER BY kind <> 'sr', next_attempt_at, id LIMIT 1) RETURNING *",
                 (time.time(), destination, now),
             )
             .fetchall()  # run to completion so the autocommit transaction ends

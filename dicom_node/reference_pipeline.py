@@ -98,6 +98,8 @@ class ReferencePipeline:
             model=model,
             kinds=tuple(k for k in ("sr", "sc", "gsps", "plain_sr") if k in route.outputs),
             algorithm_parameters=tuple(_parameters(spec.detectors)),
+            sc_compression=route.sc_compression,
+            sc_max_size=route.sc_max_size,
         )
         datasets = write_results(ds, detections, measurements, ctx.kinds, ctx, pixels=stored)
         timings["write_ms"] = (time.perf_counter() - t3) * 1e3

@@ -105,6 +105,8 @@ class Destination:
     retry: RetryPolicy = RetryPolicy()
     max_pdu: int = 0
     source: SourceLocation | None = None
+    # parallel outbound associations at most (a backlog opens more, up to this cap; SR-first order is kept)
+    max_associations: int = 4
 
 
 # Inference backends a model may name (``models.<name>.backend``); ``inference.backends`` opens each of them.
@@ -203,6 +205,8 @@ class Route:
     destinations: tuple[str, ...]
     forward_original: bool = False
     source: SourceLocation | None = None
+    sc_compression: str = "jpeg"  # jpeg | jpeg-ls | jpeg2000 | none (sr_writer.sc.SC_COMPRESSIONS)
+    sc_max_size: int = 0  # longest side of the secondary capture (px); 0: the compression's default
 
 
 @dataclass(frozen=True)

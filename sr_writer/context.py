@@ -39,6 +39,8 @@ class ResultContext:
     series_numbers: Mapping[str, int] = field(default_factory=lambda: dict(DEFAULT_SERIES_NUMBERS))
     kinds: tuple[str, ...] = ("sr", "sc", "gsps")
     algorithm_parameters: tuple[str, ...] = ()  # e.g. "score_threshold=0.5", recorded in TID 4019
+    sc_compression: str = "jpeg"  # secondary capture: jpeg | jpeg-ls | jpeg2000 | none (see sr_writer.sc)
+    sc_max_size: int = 0  # longest side of the secondary capture in pixels; 0: the compression's default
 
     def __post_init__(self) -> None:
         unknown = set(self.kinds) - set(OUTPUT_KINDS)

@@ -1,22 +1,55 @@
 """Secondary Capture (RGB) of the source image with the results burned in, for viewers that draw neither SR nor
-GSPS. Same patient and study as the source, new series; Burned In Annotation YES; references the source image."""
+GSPS. Same patient and study as the source, new series; Burned In Annotation YES; references the source image.
+
+Size (``ResultContext.sc_compression`` / ``sc_max_size``, per route in the YAML), from measurements on the real
+2128 x 2000 Canon DX chest (table in docs/RESULTS.md; tests/test_sc.py): uncompressed RGB was 12.8 MB, more than
+the radiograph. The default, ``jpeg``, is JPEG Baseline (1.2.840.10008.1.2.4.50, the one compressed syntax every
+PACS and viewer accepts) at quality 90 with 4:2:2 chroma (YBR_FULL_422), encoded by Pillow (libjpeg-turbo,
+BSD-style): 0.59 MB at 2048 x 1925. ``jpeg-ls`` (CharLS via pyjpegls) and ``jpeg2000`` (OpenJPEG via
+pylibjpeg-openjpeg) are lossless for sites that ask for it: 5.6 / 5.7 MB at full size, so lossless captures are
+drawn at most 1024 pixels on the longest side (1.2 MB) unless ``sc_max_size`` says otherwise; JPEG-LS encodes
+3.5 x faster than JPEG 2000, and Orthanc's core decodes JPEG-LS but not JPEG 2000.
+JPEG captures are drawn at most 2048 pixels on the longest side. The capture is rendered at its final size (text and
+lines stay crisp) and carries no Pixel Spacing, so a smaller capture does not mislead a measuring viewer. A PACS that
+refuses the compressed syntax gets it decompressed by the sender (dicom_node.outbound), same SOP Instance UID.
+"""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
+from PIL import Image
 from pydicom.dataset import Dataset
-from pydicom.uid import ExplicitVRLittleEndian
+from pydicom.encaps import encapsulate
+from pydicom.uid import ExplicitVRLittleEndian, JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
 
-from inference.types import Detection, ImageMeasurements, QuantityKind, RegionMeasurement
+from inference.types import Box, Detection, ImageMeasurements, QuantityKind, RegionMeasurement
 from nodecore.uids import result_uids
 from sr_writer.context import ResultContext
 from sr_writer.regions import region_pairs
 from sr_writer.render import DrawRegion, render_annotated, to_display
 from sr_writer.source import SourceHeader, read_source_header
 from sr_writer.sr import contributing_equipment, finish
+
+SC_COMPRESSIONS = ("jpeg", "jpeg-ls", "jpeg2000", "none")
+DEFAULT_MAX_SIZE = {"jpeg": 2048, "jpeg-ls": 1024, "jpeg2000": 1024, "none": 1024}
+JPEG_QUALITY = 90
+
+
+def sc_scale(rows: int, cols: int, compression: str, max_size: int = 0) -> float:
+    """Factor (<= 1) from the source's size to the capture's: the longest side at most ``max_size`` pixels (0: the
+    default of ``compression``)."""
+    if compression not in SC_COMPRESSIONS:
+        raise ValueError(f"unknown secondary capture compression {compression!r}; known: {', '.join(SC_COMPRESSIONS)}")
+    limit = max_size or DEFAULT_MAX_SIZE[compression]
+    return min(1.0, limit / max(rows, cols))
+
+
+def _scaled_box(box: Box, s: float) -> Box:
+    return Box(box.x_min * s, box.y_min * s, box.x_max * s, box.y_max * s)
 
 
 def _plane(header: Dataset) -> tuple[np.ndarray, np.ndarray, np.ndarray, float, float] | None:
@@ -78,17 +111,23 @@ def render_results(
     detections: Sequence[Detection],
     measurements: ImageMeasurements | None,
     ctx: ResultContext,
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """The RGB image of the secondary capture."""
+    """The RGB image of the secondary capture, ``scale`` times the source's size (boxes and marker scaled too)."""
     grey, _ = to_display(pixels, header.dataset)
+    if scale < 1.0:
+        size = (max(1, round(grey.shape[1] * scale)), max(1, round(grey.shape[0] * scale)))
+        grey = np.asarray(Image.fromarray(grey).resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0))
     regions = region_pairs(detections, measurements)
-    draw = [DrawRegion(r.detection.label, r.detection.box, f"{r.detection.label} {r.detection.score * 100:.0f}%")
-            for r in regions]
+    draw = [DrawRegion(r.detection.label, _scaled_box(r.detection.box, scale),
+                       f"{r.detection.label} {r.detection.score * 100:.0f}%") for r in regions]
     legend = [f"dicom-node {ctx.model.name} {ctx.model.version} - not for diagnosis"]
     legend += [legend_line(r) for r in regions] or ["no region detected"]
     iso_px = iso_axis = None
     if measurements is not None and measurements.isocenter_lps_mm is not None:
         iso_px = lps_to_pixel(measurements.isocenter_lps_mm, header.dataset)
+        if iso_px is not None:
+            iso_px = (iso_px[0] * scale, iso_px[1] * scale)
         iso_axis = z_axis_in_pixels(header.dataset)
         if iso_px is not None:
             legend.append(f"isocenter: {measurements.isocenter_source or 'source not stated'}")
@@ -106,7 +145,9 @@ def write_sc(
     pixels: np.ndarray | None = None,
     header: SourceHeader | None = None,
 ) -> hd.sc.SCImage:
-    """Secondary Capture Image (RGB, 8 bit) of the annotated source; ``pixels``: the decoded stored values."""
+    """Secondary Capture Image (RGB, 8 bit) of the annotated source; ``pixels``: the decoded stored values.
+
+    Compressed and sized by ``ctx.sc_compression`` / ``ctx.sc_max_size`` (module docstring)."""
     header = header or read_source_header(source)
     if pixels is None:
         try:
@@ -117,7 +158,8 @@ def write_sc(
     if pixels.shape != (int(header.dataset.Rows), int(header.dataset.Columns)):
         raise ValueError(f"pixels of shape {pixels.shape} do not match the source's Rows x Columns "
                          f"{int(header.dataset.Rows)} x {int(header.dataset.Columns)}")
-    rgb = render_results(pixels, header, detections, measurements, ctx)
+    scale = sc_scale(pixels.shape[0], pixels.shape[1], ctx.sc_compression, ctx.sc_max_size)
+    rgb = render_results(pixels, header, detections, measurements, ctx, scale)
     uids = result_uids(str(header.dataset.SOPInstanceUID), ctx.model.version, "sc")
     orientation = header.patient_orientation
     sc = hd.sc.SCImage.from_ref_dataset(
@@ -148,4 +190,33 @@ def write_sc(
     sc.SourceImageSequence = [ref]
     if ctx.institution_name:
         sc.InstitutionName = ctx.institution_name
+    if scale < 1.0:
+        sc.DerivationDescription = (f"{sc.DerivationDescription}; reduced to {rgb.shape[1]} x {rgb.shape[0]} "
+                                    f"pixels")[:1024]
+    compress_sc(sc, rgb, ctx.sc_compression)
     return finish(sc, ctx, f"AI regions image ({ctx.model.name} {ctx.model.version})", False)
+
+
+def compress_sc(sc: Dataset, rgb: np.ndarray, compression: str) -> None:
+    """Re-encode the capture's pixel data (``rgb``: its RGB pixels) with ``compression`` in place."""
+    if compression == "none":
+        return
+    raw = rgb.nbytes
+    if compression == "jpeg":
+        buf = io.BytesIO()
+        Image.fromarray(rgb, mode="RGB").save(buf, format="JPEG", quality=JPEG_QUALITY, subsampling="4:2:2",
+                                              optimize=True)
+        data = buf.getvalue()
+        sc.PixelData = encapsulate([data])
+        sc["PixelData"].VR = "OB"
+        sc.PhotometricInterpretation = "YBR_FULL_422"  # what a JPEG Baseline bit stream of a colour image holds
+        sc.PlanarConfiguration = 0
+        sc.file_meta.TransferSyntaxUID = JPEGBaseline8Bit
+        sc.LossyImageCompression = "01"
+        sc.LossyImageCompressionRatio = f"{raw / len(data):.2f}"[:16]
+        sc.LossyImageCompressionMethod = "ISO_10918_1"
+        return
+    syntax = {"jpeg-ls": JPEGLSLossless, "jpeg2000": JPEG2000Lossless}.get(compression)
+    if syntax is None:
+        raise ValueError(f"unknown secondary capture compression {compression!r}; known: {', '.join(SC_COMPRESSIONS)}")
+    sc.compress(syntax, rgb, generate_instance_uid=False)

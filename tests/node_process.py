@@ -44,6 +44,7 @@ def node_config(
     retry: str = "{initial_delay_s: 0.3, max_delay_s: 1, multiplier: 2, max_attempts: 50}",
     default: str = "drop",
     extra_routes: str = "",
+    max_associations: int | None = None,
 ) -> str:
     """A small configuration: one route for CR/DX/CT to the destination ``pacs`` (when ``pacs_port``)."""
     dest = (
@@ -54,7 +55,7 @@ def node_config(
     port: {pacs_port}
     calling_ae: {ae}
     retry: {retry}
-"""
+""" + (f"    max_associations: {max_associations}\n" if max_associations else "")
         if pacs_port
         else ""
     )

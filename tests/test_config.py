@@ -426,6 +426,28 @@ def test_sop_classes_and_transfer_syntaxes_errors() -> None:
     ]
 
 
+def test_max_associations_default_and_cap() -> None:
+    base = "destinations:\n  pacs:\n    ae_title: P\n    host: h\n    port: 104\n"
+    assert parse_config_text(base, "t.yaml").destinations["pacs"].max_associations == 4
+    assert parse_config_text(base + "    max_associations: 2\n", "t.yaml").destinations["pacs"].max_associations == 2
+    assert errors_of(base + "    max_associations: 17\n") == [
+        "t.yaml:6: destinations.pacs.max_associations: 17 is out of range (1-16)"]
+    assert errors_of(base + "    max_associations: 0\n") == [
+        "t.yaml:6: destinations.pacs.max_associations: 0 is out of range (1-16)"]
+
+
+def test_route_sc_compression() -> None:
+    base = "routes:\n  - name: r\n    match: {all: []}\n    pipeline: {name: decode}\n"
+    route = parse_config_text(base, "t.yaml").routes[0]
+    assert (route.sc_compression, route.sc_max_size) == ("jpeg", 0)
+    route = parse_config_text(base + "    sc_compression: jpeg-ls\n    sc_max_size: 2048\n", "t.yaml").routes[0]
+    assert (route.sc_compression, route.sc_max_size) == ("jpeg-ls", 2048)
+    errors = errors_of(base + "    sc_compression: png\n    sc_max_size: 100\n")
+    assert errors[0].startswith("t.yaml:5: routes[0].sc_compression: 'png' is not one of jpeg, jpeg-ls, jpeg2000, none")
+    assert errors[1] == ("t.yaml:6: routes[0].sc_max_size: 100 is too small (0 = the compression's default, or at "
+                         "least 256 pixels)")
+
+
 def test_route_errors() -> None:
     text = """\
     destinations:

@@ -166,6 +166,18 @@ def test_structured_reports_go_first(queue: JobQueue, tmp_path: Path) -> None:
     assert [u for _, u in order[3:]] == [f"9.{j}.{k}" for j in range(3) for k in (0, 2, 3, 4)]  # then oldest first
 
 
+def test_claim_sr_only(queue: JobQueue, tmp_path: Path) -> None:
+    """The sender's lane kept free for SRs claims SRs only; companions stay pending for the other lanes."""
+    job_id = queue.add_job(_obj(0, tmp_path))
+    queue.claim_job("w")
+    queue.finish_job(job_id, status="done", outbound=[_item("pacs", f"9.0.{k}", kind=kind)
+                                                      for k, kind in enumerate(("sc", "sr", "gsps"))])
+    now = time.time() + 1
+    assert queue.claim_outbound("pacs", now, sr_only=True).kind == "sr"
+    assert queue.claim_outbound("pacs", now, sr_only=True) is None
+    assert [queue.claim_outbound("pacs", now).kind for _ in range(2)] == ["sc", "gsps"]
+
+
 def _claim_then_die(db: str) -> None:
     q = JobQueue(Path(db))
     q.claim_job("doomed")

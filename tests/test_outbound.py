@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydicom import dcmread
@@ -217,3 +218,158 @@ def test_unreachable_destination_gets_one_association_attempt_per_backoff_period
     gaps = [b - a for a, b in zip(times, times[1:], strict=False)]
     assert all(g >= 0.45 for g in gaps), gaps
     assert queue.outbound_summary()["pacs"]["sending"] == 0
+
+
+def _queue_results(queue: Any, files_per_job: list[list[tuple[Path, str]]], destination: str) -> None:
+    """One finished job per entry, with its (file, kind) outbound items (as a worker queues an SR and companions)."""
+    from dicom_node.jobqueue import OutboundItem, ReceivedObject
+
+    for items in files_per_job:
+        src = items[0][0]
+        meta = read_file_meta_info(src)
+        obj = ReceivedObject(src, f"{meta.MediaStorageSOPInstanceUID}.9", str(meta.MediaStorageSOPClassUID),
+                             str(meta.TransferSyntaxUID), "MODALITY", received_at=time.time())
+        queue.add_job(obj)
+        claimed = queue.claim_job("test")
+        assert claimed is not None and claimed.job_id is not None
+        out = []
+        for f, kind in items:
+            m = read_file_meta_info(f)
+            out.append(OutboundItem(destination, f, str(m.MediaStorageSOPInstanceUID), str(m.MediaStorageSOPClassUID),
+                                    kind))
+        queue.finish_job(claimed.job_id, status="done", summary={"route": "images"}, outbound=out)
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_parallel_lanes_keep_srs_ahead_of_companions(tmp_path: Path) -> None:
+    """30 jobs x (SR + 3 companions) due at once, a pynetdicom SCP that takes 40 ms per SR: the sender opens more
+    associations (up to the cap, never beyond), each object arrives exactly once, and no companion object is on
+    the wire before every SR that was due before it (all 30 SRs were due first)."""
+    import threading
+
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.outbound import DestinationSender
+    from tests.node_process import make_small_images
+    from tests.test_admin import config_for
+
+    files = make_small_images(tmp_path / "in", 120)
+    jobs = [[(files[4 * j], "sr"), (files[4 * j + 1], "sc"), (files[4 * j + 2], "gsps"), (files[4 * j + 3], "sc")]
+            for j in range(30)]
+    kind_of = {str(read_file_meta_info(f).MediaStorageSOPInstanceUID): k for job in jobs for f, k in job}
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    _queue_results(queue, jobs, "pacs")
+
+    lock = threading.Lock()
+    arrivals: list[tuple[str, float, float]] = []  # (uid, start, end) per C-STORE
+    open_assocs = {"now": 0, "max": 0}
+
+    def on_store(event: evt.Event) -> int:
+        t0 = time.monotonic()
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if kind_of.get(uid) == "sr":
+            time.sleep(0.04)
+        with lock:
+            arrivals.append((uid, t0, time.monotonic()))
+        return 0x0000
+
+    def on_open(event: evt.Event) -> None:
+        with lock:
+            open_assocs["now"] += 1
+            open_assocs["max"] = max(open_assocs["max"], open_assocs["now"])
+
+    def on_close(event: evt.Event) -> None:
+        with lock:
+            open_assocs["now"] -= 1
+
+    scp_ae = AE(ae_title="PACS")
+    scp_ae.maximum_associations = 16
+    scp_ae.add_supported_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[
+        (evt.EVT_C_STORE, on_store), (evt.EVT_ESTABLISHED, on_open), (evt.EVT_RELEASED, on_close),
+        (evt.EVT_ABORTED, on_close)])
+    dest = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port, calling_ae="NODE",
+                       max_associations=3)
+    config = config_for(dest)
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, poll_s=0.05)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 60
+        while queue.outbound_summary()["pacs"].get("sent", 0) < 120 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        sender.stop(2)
+        sender.join(10)
+        server.shutdown()
+    assert queue.outbound_summary()["pacs"] == {"pending": 0, "sending": 0, "sent": 120, "dead": 0}
+    assert sorted(kind_of) == sorted(u for u, _, _ in arrivals)  # each object exactly once
+    assert sender.max_lanes_seen == 3 and open_assocs["max"] == 3, (sender.max_lanes_seen, open_assocs)
+    last_sr_end = max(end for u, _, end in arrivals if kind_of[u] == "sr")
+    first_companion = min(start for u, start, _ in arrivals if kind_of[u] != "sr")
+    assert first_companion >= last_sr_end, "a companion object went out before an SR that was due before it"
+
+
+@pytest.mark.peers
+@pytest.mark.slow
+def test_a_lane_stays_free_for_a_new_sr_while_companions_are_slow(tmp_path: Path) -> None:
+    """A PACS that takes 0.5 s per companion object, 24 companions due, cap 3: at most two lanes carry companions,
+    so an SR queued later (with a wake-up, as the workers give) is stored well before any companion batch ends."""
+    import threading
+
+    from dicom_node.jobqueue import JobQueue
+    from dicom_node.outbound import DestinationSender
+    from tests.node_process import make_small_images
+    from tests.test_admin import config_for
+
+    files = make_small_images(tmp_path / "in", 25)
+    queue = JobQueue(tmp_path / "storage" / "queue.sqlite3")
+    _queue_results(queue, [[(f, "sc")] for f in files[:24]], "pacs")
+    sr_uid = str(read_file_meta_info(files[24]).MediaStorageSOPInstanceUID)
+    lock = threading.Lock()
+    arrived: dict[str, float] = {}
+    busy = {"now": 0, "max": 0}
+
+    def on_store(event: evt.Event) -> int:
+        uid = str(event.request.AffectedSOPInstanceUID)
+        if uid != sr_uid:
+            with lock:
+                busy["now"] += 1
+                busy["max"] = max(busy["max"], busy["now"])
+            time.sleep(0.5)
+            with lock:
+                busy["now"] -= 1
+        with lock:
+            arrived[uid] = time.monotonic()
+        return 0x0000
+
+    scp_ae = AE(ae_title="PACS")
+    scp_ae.maximum_associations = 16
+    scp_ae.add_supported_context(ComputedRadiographyImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+    port = free_port()
+    server = scp_ae.start_server(("127.0.0.1", port), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+    dest = Destination(name="pacs", ae_title="PACS", host="127.0.0.1", port=port, calling_ae="NODE",
+                       max_associations=3)
+    config = config_for(dest)
+    sender = DestinationSender("pacs", lambda: config, lambda: queue, poll_s=0.05)
+    sender.start()
+    try:
+        deadline = time.monotonic() + 20
+        while sender.lanes < 2 and time.monotonic() < deadline:  # the backlog opened a second lane
+            time.sleep(0.02)
+        time.sleep(0.3)
+        _queue_results(queue, [[(files[24], "sr")]], "pacs")
+        queued_at = time.monotonic()
+        sender.wake()
+        while sr_uid not in arrived and time.monotonic() < deadline:
+            time.sleep(0.01)
+        sr_latency = arrived.get(sr_uid, float("inf")) - queued_at
+        while queue.outbound_summary()["pacs"].get("sent", 0) < 25 and time.monotonic() < deadline + 20:
+            time.sleep(0.05)
+    finally:
+        sender.stop(2)
+        sender.join(10)
+        server.shutdown()
+    assert busy["max"] <= 2, busy  # one lane of three kept for SRs
+    assert sr_latency < 1.0, f"the new SR waited {sr_latency:.2f} s behind companion batches (2 s each)"
+    assert queue.outbound_summary()["pacs"] == {"pending": 0, "sending": 0, "sent": 25, "dead": 0}
