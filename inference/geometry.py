@@ -60,7 +60,7 @@ ROOM_UP_LPS: dict[str, Vec3] = {
     "FFDL": (-1.0, 0.0, 0.0),
 }
 
-_ORIENTATION_LETTERS: dict[str, Vec3] = {
+ORIENTATION_LETTERS: dict[str, Vec3] = {
     "L": (1.0, 0.0, 0.0),
     "R": (-1.0, 0.0, 0.0),
     "P": (0.0, 1.0, 0.0),
@@ -238,9 +238,9 @@ def _letters_direction(code: str) -> np.ndarray | None:
         return None
     v = np.zeros(3)
     for ch in code:
-        if ch not in _ORIENTATION_LETTERS:
+        if ch not in ORIENTATION_LETTERS:
             return None
-        v += _ORIENTATION_LETTERS[ch]
+        v += ORIENTATION_LETTERS[ch]
     n = np.linalg.norm(v)
     return v / n if n > 0 else None
 

@@ -31,14 +31,9 @@ from typing import Any
 import numpy as np
 from pydicom.dataset import Dataset
 
-_LETTERS: dict[str, tuple[float, float, float]] = {
-    "L": (1.0, 0.0, 0.0),
-    "R": (-1.0, 0.0, 0.0),
-    "P": (0.0, 1.0, 0.0),
-    "A": (0.0, -1.0, 0.0),
-    "H": (0.0, 0.0, 1.0),
-    "F": (0.0, 0.0, -1.0),
-}
+from inference.geometry import ORIENTATION_LETTERS
+
+_LETTERS = ORIENTATION_LETTERS  # Patient Orientation letters as LPS unit vectors
 _FEET = np.array([0.0, 0.0, -1.0])
 # Preferred row direction: +x (patient's left) on frontal views, +y (posterior) on lateral ones. Their sum serves
 # both: in a frontal plane the row candidates are +-x (the y term is 0) and in a lateral plane +-y.
