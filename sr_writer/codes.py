@@ -110,7 +110,6 @@ PIXEL_HEIGHT = QuantitySpec(_std(codes.DCM.Height), "{pixels}")
 MEASURED = _std(codes.SCT.Measured)  # SCT 258104002
 ESTIMATED = _std(codes.SCT.Estimated)  # SCT 414135002
 
-BOUNDED_BY = _std(codes.SCT.BoundedBy)  # SCT 75958009, geometric purpose of the box
 ARTIFICIAL_INTELLIGENCE = _std(codes.DCM.ArtificialIntelligence)  # DCM 123110 (CID 7162)
 PROCESSING_EQUIPMENT = _std(codes.DCM.ProcessingEquipment)  # DCM 109102, purpose of Contributing Equipment
 ORIGINAL_SOURCE = _std(codes.DCM.OriginalSource)  # DCM 111040
