@@ -131,13 +131,20 @@ def viewer_setup(realdata_files: list[Path], tmp_path_factory: pytest.TempPathFa
                 lateral=[any(k.value == "iso_offset_lateral" for k in r.quantities) for r in regions],
                 sr_paths=sr_paths, image=_geometry(source, f"test:{path.stem}"),
             ))
+    except BaseException:
+        orthanc.stop()  # a failed set-up leaves no Orthanc behind
+        raise
     finally:
         pipeline.close()
-    assert len({s.study for s in studies}) == len(studies)  # one study each: the viewer opens exactly it
-    server = OhifServer(orthanc.url).start()
-    yield studies, server
-    server.stop()
-    orthanc.stop()
+    try:
+        assert len({s.study for s in studies}) == len(studies)  # one study each: the viewer opens exactly it
+        server = OhifServer(orthanc.url).start()
+        try:
+            yield studies, server
+        finally:
+            server.stop()
+    finally:
+        orthanc.stop()
 
 
 def test_ohif_draws_and_tracks_every_region(viewer_setup: Any, tmp_path: Path) -> None:
