@@ -67,6 +67,7 @@ LINT_PATHS := nodecore dicom_node inference sr_writer tests bench
 test: deps venv viewer-deps triton-server
 	$(PY) -m ruff check $(LINT_PATHS)
 	$(VENV)/bin/lint-imports
+	$(PY) -m mypy
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 test-fast: venv
