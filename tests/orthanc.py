@@ -116,12 +116,27 @@ class Orthanc:
                 raise OrthancError(f"Orthanc exited with {self.proc.returncode}: {self._log_tail()}")
             try:
                 self.get("/system")
-                if self._dicom_port_open():
+                if self._dicom_port_open() and (not reject or self._rejects_unknown_callers()):
                     return
             except (OSError, OrthancError):
                 pass
             time.sleep(0.1)
         raise OrthancError(f"Orthanc did not answer /system within {timeout_s} s: {self._log_tail()}")
+
+    def _rejects_unknown_callers(self) -> bool:
+        """True once an association from an unknown calling AE gets A-ASSOCIATE-RJ (Orthanc answers DICOM a little
+        after its port opens; tests of the permanent-rejection path need the rejection, not a half-started peer)."""
+        from pynetdicom import AE
+        from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+        ae = AE(ae_title="READY-PROBE")
+        ae.add_requested_context(Verification)
+        ae.acse_timeout = ae.network_timeout = 5
+        ae.connection_timeout = 2
+        assoc = ae.associate(self.host, self.dicom_port, ae_title=self.aet)
+        if assoc.is_established:
+            assoc.release()
+        return bool(assoc.is_rejected)
 
     def stop(self, kill: bool = False) -> None:
         """Stop Orthanc (SIGTERM, or SIGKILL with ``kill``: faster); ports and storage stay for ``start()``."""
